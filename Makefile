@@ -1,0 +1,49 @@
+# w2v2-pretrain: every target does its own set-up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_FLAGS ?=
+LOGDIR ?= outputs
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full lint format tensorboard bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package (editable) with the pinned stack
+
+demo: install ## pretrain the demo experiment on the embedded corpus (CPU, minutes)
+	$(BIN)/python scripts/demo.py
+
+test: install ## the default test suite (fast; no slow tests)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_FLAGS)
+
+test-full: install ## every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+tensorboard: install ## serve the TensorBoard logs of every run under $(LOGDIR)
+	$(BIN)/tensorboard --logdir $(LOGDIR) --bind_all
+
+bench: install ## data-loader and masking/distractor benchmarks
+	$(BIN)/python scripts/bench_data.py
+
+clean: ## remove the venv, run outputs and caches
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,271 @@
+"""Dataset, audio decoding, collate, bucketing sampler and data module on real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import write_tone
+
+from w2v2_pretrain.data.audio import read_audio
+from w2v2_pretrain.data.datamodule import AudioDataModule
+from w2v2_pretrain.data.dataset import AudioDataset, Collator, check_manifest
+from w2v2_pretrain.data.manifest import build_manifests, read_manifest
+from w2v2_pretrain.data.sampler import BucketBatchSampler
+from w2v2_pretrain.errors import DataError, one_line
+
+
+def manifest_of(tmp_path, files: dict[str, float], **kw):
+    """Write files {relpath: seconds} and a manifest of them; return the parsed manifest."""
+    root = tmp_path / "audio"
+    lines = [str(root)]
+    for i, (rel, seconds) in enumerate(files.items()):
+        data = write_tone(root / rel, seconds, seed=i, **kw)
+        lines.append(f"{rel}\t{len(data)}")
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return read_manifest(path)
+
+
+# --- audio decoding --------------------------------------------------------------------------
+
+
+def test_resample_and_refuse(tmp_path):
+    write_tone(tmp_path / "a.wav", 1.5, rate=22_050)
+    wav = read_audio(tmp_path / "a.wav", 16_000)
+    assert wav.dtype == np.float32 and wav.shape == (24_000,)
+    with pytest.raises(DataError, match=r"a.wav: sample rate 22050 Hz, expected 16000 Hz"):
+        read_audio(tmp_path / "a.wav", 16_000, resample=False)
+
+
+def test_downmix_and_refuse(tmp_path):
+    data = write_tone(tmp_path / "s.flac", 1.0, channels=2)
+    wav = read_audio(tmp_path / "s.flac")
+    written = sf.read(tmp_path / "s.flac", dtype="float32")[0]
+    np.testing.assert_allclose(wav, written.mean(axis=1), atol=1e-7)
+    assert data.shape == (16_000, 2) and wav.shape == (16_000,)
+    with pytest.raises(DataError, match=r"s.flac: 2 channels; set data.downmix=true"):
+        read_audio(tmp_path / "s.flac", downmix=False)
+
+
+def test_normalize(tmp_path):
+    m = manifest_of(tmp_path, {"1/1/a.flac": 1.0})
+    wav = AudioDataset(m, normalize=True)[0].wav
+    assert abs(wav.mean()) < 1e-4 and abs(wav.std() - 1) < 1e-3
+
+
+# --- crop and collate ------------------------------------------------------------------------
+
+
+def test_crop_train_random_valid_deterministic(tmp_path):
+    m = manifest_of(tmp_path, {"1/1/a.flac": 2.0})
+    full = AudioDataset(m)[0].wav
+    train = AudioDataset(m, max_sample_size=8000, train=True, seed=5)
+    valid = AudioDataset(m, max_sample_size=8000, train=False)
+    starts = set()
+    for epoch in range(6):
+        w = train[(0, epoch)].wav
+        assert w.shape == (8000,)
+        start = int(
+            np.flatnonzero(np.isclose(full, w[0]) & np.isclose(np.roll(full, -1), w[1]))[0]
+        )
+        np.testing.assert_array_equal(full[start : start + 8000], w)
+        starts.add(start)
+        np.testing.assert_array_equal(w, train[(0, epoch)].wav)  # same (seed, epoch, index)
+    assert len(starts) > 1
+    np.testing.assert_array_equal(valid[(0, 3)].wav, full[:8000])
+
+
+def test_collate_crop_and_pad_shapes(tmp_path):
+    m = manifest_of(tmp_path, {"1/1/a.flac": 1.0, "1/1/b.flac": 0.5, "1/1/c.flac": 0.75})
+    ds = AudioDataset(m)
+    items = [ds[i] for i in range(3)]
+    crop = Collator("crop")(items)
+    assert crop.source.shape == (3, 8000)
+    assert crop.lengths.tolist() == [8000] * 3 and not crop.padding_mask.any()
+    assert crop.ids.tolist() == [0, 1, 2]
+    pad = Collator("pad")(items)
+    assert pad.source.shape == (3, 16_000)
+    assert pad.lengths.tolist() == [16_000, 8000, 12_000]
+    assert pad.padding_mask.sum(1).tolist() == [0, 8000, 4000]
+    assert (pad.source[1, 8000:] == 0).all()
+    np.testing.assert_array_equal(pad.source[2, :12_000].numpy(), items[2].wav)
+    with pytest.raises(DataError, match="data.collate"):
+        Collator("trim")
+
+
+# --- bucketing sampler -----------------------------------------------------------------------
+
+
+def test_budget_respected_and_padding_small():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(32_000, 250_000, size=2000)
+    s = BucketBatchSampler(sizes, max_tokens=1_400_000, seed=1)
+    batches = s.batches(0)
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    padded = real = 0
+    for b in batches:
+        assert len(b) * sizes[b].max() <= 1_400_000
+        padded += len(b) * sizes[b].max()
+        real += sizes[b].sum()
+    assert 1 - real / padded < 0.02  # padding fraction
+    # reshuffled each epoch from the seed, reproducible
+    assert s.batches(0) != s.batches(1)
+    assert BucketBatchSampler(sizes, 1_400_000, seed=1).batches(1) == s.batches(1)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ddp_shards_disjoint_complete_equal(world):
+    sizes = np.random.default_rng(1).integers(16_000, 64_000, size=101)
+    shards = []
+    for rank in range(world):
+        s = BucketBatchSampler(sizes, 200_000, seed=3, num_replicas=world, rank=rank)
+        s.set_epoch(2)
+        shards.append([i for batch in s for i, epoch in batch if epoch == 2])
+        assert len(s) == len(list(s))
+    lengths = {
+        len(BucketBatchSampler(sizes, 200_000, seed=3, num_replicas=world, rank=r))
+        for r in range(world)
+    }
+    assert len(lengths) == 1  # every rank the same number of batches
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(101))  # disjoint and complete
+
+
+def test_resume_skips_consumed_batches():
+    sizes = np.full(40, 16_000)
+    s = BucketBatchSampler(sizes, 64_000, seed=0)
+    full = list(s)
+    s.skip = 3
+    assert len(s) == len(full) - 3
+    assert list(s) == full[3:]
+    assert list(s) == full  # the skip applies once
+
+
+def test_utterance_larger_than_budget_is_config_error():
+    with pytest.raises(DataError, match=r"data.max_tokens=1000 is smaller than one utterance"):
+        BucketBatchSampler(np.array([5000]), 1000)
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+
+def broken_corpus(tmp_path):
+    """One good file and one of each kind of bad file, with a manifest naming them all."""
+    root = tmp_path / "audio"
+    good = write_tone(root / "good.flac", 1.0)
+    write_tone(root / "trunc.flac", 2.0, seed=1)
+    raw = (root / "trunc.flac").read_bytes()
+    (root / "trunc.flac").write_bytes(raw[: len(raw) // 3])
+    (root / "text.flac").write_text("hello, I am not audio\n")
+    sf.write(root / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    write_tone(root / "tiny.flac", 0.01)
+    write_tone(root / "other.flac", 1.0)
+    write_tone(root / "trunc.wav", 2.0, seed=2)
+    raw = (root / "trunc.wav").read_bytes()
+    (root / "trunc.wav").write_bytes(raw[: len(raw) // 2])
+    rows = {
+        "good.flac": len(good),
+        "missing.flac": 16_000,
+        "trunc.flac": 32_000,
+        "text.flac": 16_000,
+        "empty.wav": 16_000,
+        "tiny.flac": 160,
+        "other.flac": 12_345,
+        "trunc.wav": 32_000,
+    }
+    path = tmp_path / "train.tsv"
+    path.write_text(f"{root}\n" + "".join(f"{k}\t{v}\n" for k, v in rows.items()))
+    return read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    "name, line, cause",
+    [
+        ("missing.flac", 3, "file not found"),
+        ("trunc.wav", 9, "manifest says 32000 samples but the file has"),
+        ("text.flac", 5, "unreadable audio"),
+        ("empty.wav", 6, "empty audio (0 samples)"),
+        ("tiny.flac", 7, "shorter than the feature encoder's receptive field (400 samples)"),
+        ("other.flac", 8, "manifest says 12345 samples but the file has 16000"),
+    ],
+)
+def test_each_bad_file_is_named(tmp_path, name, line, cause):
+    m = broken_corpus(tmp_path)
+    keep = [0] + [i for i, e in enumerate(m.entries) if e.path == name]
+    with pytest.raises(DataError) as e:
+        check_manifest(m.select(keep), 0, 400)
+    msg = str(e.value)
+    assert f"train.tsv:{line} (" in msg and name in msg and cause in msg and "\n" not in msg
+
+
+def test_truncated_flac_is_caught_when_decoded(tmp_path):
+    """A FLAC cut short keeps its header (the header pass cannot tell); decoding fails."""
+    m = broken_corpus(tmp_path)
+    i = [e.path for e in m.entries].index("trunc.flac")
+    check_manifest(m.select([i]), 0, 400)
+    with pytest.raises(DataError, match=r"train.tsv:4 .*trunc.flac\): unreadable audio"):
+        AudioDataset(m)[i]
+
+
+def test_skip_policy_counts_each_reason(tmp_path):
+    m = broken_corpus(tmp_path)
+    kept, dropped = check_manifest(m, 0, 400, on_bad_file="skip")
+    # trunc.flac's header is intact: it passes the header pass and is skipped when decoded
+    assert [e.path for e in kept.entries] == ["good.flac", "trunc.flac"]
+    assert dropped == {
+        "missing": 1,
+        "unreadable": 1,
+        "empty": 1,
+        "too short": 1,
+        "wrong length": 2,
+    }
+    ds = AudioDataset(kept, skip_bad=True)
+    batch = Collator("pad")([ds[0], ds[1]])
+    assert batch.ids.tolist() == [0] and batch.source.shape == (1, 16_000)
+
+
+def test_min_sample_size_drops_are_counted(tmp_path):
+    m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 3.0, "c.flac": 0.5})
+    kept, dropped = check_manifest(m, 20_000, 400)
+    assert [e.path for e in kept.entries] == ["b.flac"]
+    assert dropped == {"shorter than min_sample_size=20000": 2}
+
+
+# --- data module -----------------------------------------------------------------------------
+
+
+def test_datamodule_loads_manifest_folder(librispeech_tree, tmp_path):
+    build_manifests(librispeech_tree, tmp_path / "m", valid_percent=0.3, seed=1, progress=False)
+    dm = AudioDataModule(
+        str(tmp_path / "m"),
+        min_sample_size=8000,
+        max_sample_size=32_000,
+        max_tokens=100_000,
+        num_workers=2,
+    )
+    dm.setup("fit")
+    seen = []
+    for batch in dm.train_dataloader():
+        assert batch.source.dtype == torch.float32
+        assert batch.source.shape[0] * batch.source.shape[1] <= 100_000
+        assert (batch.lengths == batch.source.shape[1]).all()
+        seen += batch.ids.tolist()
+    assert sorted(seen) == list(range(len(dm.datasets["train"])))
+    assert sum(dm.dropped["train"].values()) + len(dm.datasets["train"]) > 0
+    assert next(iter(dm.val_dataloader())).source.shape[1] <= 32_000
+
+
+def test_worker_error_is_one_line(tmp_path):
+    m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 1.0})
+    (m.root / "b.flac").write_bytes(b"garbage")
+    (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
+    dm = AudioDataModule(
+        str(tmp_path), min_sample_size=0, max_tokens=64_000, num_workers=1, verify=False
+    )
+    dm.setup("fit")
+    with pytest.raises(DataError) as e:
+        list(dm.train_dataloader())
+    line = one_line(e.value)
+    assert line.startswith(f"{tmp_path / 'train.tsv'}:3 (") and "unreadable audio" in line

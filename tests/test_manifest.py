@@ -1,0 +1,239 @@
+"""Manifests: fairseq's format both ways, deterministic splits, and every bad-input case."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from conftest import write_tone
+
+from w2v2_pretrain.data.manifest import build_manifests, read_manifest
+from w2v2_pretrain.errors import DataError
+
+
+def fairseq_load(path: Path) -> tuple[str, list[tuple[str, int]]]:
+    """How fairseq's FileAudioDataset reads a manifest (root line, then exactly 2 columns)."""
+    with open(path) as f:
+        root = f.readline().strip()
+        items = []
+        for line in f:
+            cols = line.strip().split("\t")
+            assert len(cols) == 2, line
+            items.append((cols[0], int(cols[1])))
+    return root, items
+
+
+def fairseq_write(root: Path, dest: Path, ext: str, valid_percent: float, seed: int) -> None:
+    """What fairseq's examples/wav2vec/wav2vec_manifest.py writes (glob order, realpath root)."""
+    import glob
+    import random
+
+    rand = random.Random(seed)
+    dir_path = os.path.realpath(root)
+    with open(dest / "train.tsv", "w") as tr, open(dest / "valid.tsv", "w") as va:
+        print(dir_path, file=tr)
+        print(dir_path, file=va)
+        for fname in glob.iglob(os.path.join(dir_path, "**/*." + ext), recursive=True):
+            file_path = os.path.realpath(fname)
+            frames = sf.info(fname).frames
+            out = tr if rand.random() > valid_percent else va
+            print(f"{os.path.relpath(file_path, dir_path)}\t{frames}", file=out)
+
+
+def test_written_manifest_is_fairseq_format(librispeech_tree, tmp_path):
+    report = build_manifests(
+        librispeech_tree, tmp_path / "m", valid_percent=0.25, seed=3, progress=False
+    )
+    assert report.train + report.valid == 24 and not report.skipped
+    rows = []
+    for split in ("train", "valid"):
+        root, items = fairseq_load(tmp_path / "m" / f"{split}.tsv")
+        assert root == str(librispeech_tree.resolve())
+        for rel, n in items:
+            assert not os.path.isabs(rel) and rel.count("/") == 2
+            assert sf.info(os.path.join(root, rel)).frames == n
+        rows += items
+        # ours loads back identically
+        ours = read_manifest(tmp_path / "m" / f"{split}.tsv")
+        assert [(e.path, e.num_samples) for e in ours.entries] == items
+    assert len(rows) == 24 and len({r for r, _ in rows}) == 24
+
+
+def test_fairseq_written_manifest_loads(librispeech_tree, tmp_path):
+    (tmp_path / "fs").mkdir()
+    fairseq_write(librispeech_tree, tmp_path / "fs", "flac", 0.1, seed=42)
+    m = read_manifest(tmp_path / "fs" / "train.tsv")
+    _, items = fairseq_load(tmp_path / "fs" / "train.tsv")
+    assert [(e.path, e.num_samples) for e in m.entries] == items
+    assert m.audio_path(0).is_file()
+
+
+def test_split_is_deterministic_and_stable(librispeech_tree, tmp_path):
+    def split(seed, dest):
+        build_manifests(librispeech_tree, dest, valid_percent=0.3, seed=seed, progress=False)
+        return [(dest / f"{s}.tsv").read_text().splitlines()[1:] for s in ("train", "valid")]
+
+    a, b, c = split(1, tmp_path / "a"), split(1, tmp_path / "b"), split(2, tmp_path / "c")
+    assert a == b
+    assert a != c
+    assert a[0] == sorted(a[0])  # stable, sorted order
+    assert 0 < len(a[1]) < 24
+
+
+def test_length_filters_are_counted(librispeech_tree, tmp_path):
+    report = build_manifests(
+        librispeech_tree,
+        tmp_path,
+        valid_percent=0.0,
+        min_seconds=1.0,
+        max_seconds=2.5,
+        progress=False,
+    )
+    assert report.valid == 0
+    assert report.train + sum(report.filtered.values()) == 24
+    assert report.filtered["shorter than --min-seconds"] > 0
+    assert report.filtered["longer than --max-seconds"] > 0
+
+
+def test_unreadable_files_are_reported_and_counted(librispeech_tree, tmp_path):
+    (librispeech_tree / "19" / "198" / "19-198-9999.flac").write_bytes(b"not audio at all")
+    (librispeech_tree / "26" / "495" / "26-495-9999.flac").write_bytes(b"")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2v2_pretrain.cli.manifest",
+            str(librispeech_tree),
+            "--dest",
+            str(tmp_path / "m"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "19-198-9999.flac: unreadable audio" in proc.stderr
+    assert "26-495-9999.flac: unreadable audio" in proc.stderr
+    assert "skipped 2 unreadable" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    strict = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2v2_pretrain.cli.manifest",
+            str(librispeech_tree),
+            "--dest",
+            str(tmp_path / "m2"),
+            "--quiet",
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert strict.returncode == 1
+
+
+def test_unreadable_directory_is_reported(librispeech_tree, tmp_path, monkeypatch):
+    """A directory that cannot be listed is a counted skip naming it.
+
+    Tests run as root, which reads a chmod-000 directory anyway, so the PermissionError that a
+    normal user would get from ``os.scandir`` is raised for that one directory.
+    """
+    locked = librispeech_tree / "27"
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = build_manifests(librispeech_tree, tmp_path, progress=False)
+    assert report.skipped == [(str(locked), "cannot read directory: Permission denied")]
+    assert report.train + report.valid == 16
+
+
+def test_missing_root_is_one_line_error(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2v2_pretrain.cli.manifest",
+            str(tmp_path / "nope"),
+            "--dest",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}: audio root does not exist or is not a directory"
+    ]
+
+
+def test_relative_root_resolves_against_manifest_folder(tmp_path):
+    write_tone(tmp_path / "corpus" / "1" / "2" / "1-2-0000.flac", 1.0)
+    man = tmp_path / "corpus" / "manifests"
+    man.mkdir()
+    (man / "train.tsv").write_text("..\n1/2/1-2-0000.flac\t16000\n")
+    m = read_manifest(man / "train.tsv")
+    assert m.root == (tmp_path / "corpus").resolve()
+    assert m.audio_path(0).is_file()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("{root}\na.flac\n", ":2: expected 2 tab-separated columns (path, num_samples), found 1"),
+        ("{root}\na.flac\t12\textra\n", ":2: expected 2 tab-separated columns"),
+        ("{root}\na.flac\ttwelve\n", ":2: num_samples 'twelve' is not an integer"),
+        ("{root}\na.flac\t0\n", ":2: num_samples must be positive"),
+        ("{root}\n../../etc/passwd\t10\n", ":2: path '../../etc/passwd' escapes the root"),
+        ("{root}/missing_dir\na.flac\t10\n", ":1: root "),
+        ("", ":1: first line must be the audio root directory"),
+    ],
+)
+def test_malformed_manifest_names_line(tmp_path, body, message):
+    path = tmp_path / "train.tsv"
+    path.write_text(body.format(root=tmp_path))
+    with pytest.raises(DataError) as e:
+        read_manifest(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_committed_demo_manifests_load_from_any_clone():
+    """data/manifests use a relative root, so they work wherever the repo is cloned."""
+    from conftest import REPO
+
+    for split in ("train", "valid"):
+        m = read_manifest(REPO / "data" / "manifests" / f"{split}.tsv")
+        assert m.root == (REPO / "data" / "demo").resolve()
+        assert all(m.audio_path(i).is_file() for i in range(len(m)))
+    train = read_manifest(REPO / "data" / "manifests" / "train.tsv")
+    valid = read_manifest(REPO / "data" / "manifests" / "valid.tsv")
+    assert len(train) + len(valid) >= 300
+    assert sum(e.num_samples for e in train.entries + valid.entries) / 16_000 >= 600
+
+
+def test_demo_corpus_meets_its_spec():
+    from conftest import REPO
+
+    demo = REPO / "data" / "demo"
+    flacs = sorted(demo.rglob("*.flac"))
+    assert len(flacs) >= 300
+    assert sum(p.stat().st_size for p in flacs) <= 20 * 1024 * 1024
+    speakers = {p.relative_to(demo).parts[0] for p in flacs}
+    assert len(speakers) >= 6
+    infos = [sf.info(str(p)) for p in flacs]
+    assert {(i.samplerate, i.channels) for i in infos} == {(16_000, 1)}
+    assert sum(i.frames for i in infos) / 16_000 >= 600
+    for chapter in {p.parent for p in flacs}:  # LibriSpeech layout and transcripts
+        spk, ch = chapter.relative_to(demo).parts
+        trans = (chapter / f"{spk}-{ch}.trans.txt").read_text().splitlines()
+        assert {t.split()[0] for t in trans} == {p.stem for p in chapter.glob("*.flac")}

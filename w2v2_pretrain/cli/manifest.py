@@ -1,0 +1,78 @@
+"""``w2v2-manifest ROOT --dest DIR``: fairseq-format train/valid manifests of an audio tree."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from w2v2_pretrain.cli import friendly_errors
+from w2v2_pretrain.data.manifest import build_manifests
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="w2v2-manifest",
+        description="Write DEST/train.tsv and DEST/valid.tsv (fairseq format) for every audio "
+        "file under ROOT (LibriSpeech-style speaker/chapter/*.flac, any depth).",
+    )
+    p.add_argument("root", help="audio root directory")
+    p.add_argument("--dest", required=True, help="output folder for train.tsv and valid.tsv")
+    p.add_argument("--ext", default="flac", help="audio file extension (default: flac)")
+    p.add_argument(
+        "--valid-percent",
+        type=float,
+        default=0.01,
+        help="fraction of files for valid.tsv, 0..1 (default: 0.01)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="split seed (default: 42)")
+    p.add_argument("--min-seconds", type=float, default=0.0, help="drop shorter files")
+    p.add_argument("--max-seconds", type=float, default=None, help="drop longer files")
+    p.add_argument("--workers", type=int, default=8, help="threads reading headers")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if any file or directory was unreadable",
+    )
+    p.add_argument(
+        "--relative-root",
+        action="store_true",
+        help="write the root relative to --dest, so the manifests move with the corpus",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = build_manifests(
+        args.root,
+        args.dest,
+        ext=args.ext,
+        valid_percent=args.valid_percent,
+        seed=args.seed,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+        workers=args.workers,
+        progress=not args.quiet,
+        relative_root=args.relative_root,
+    )
+    for path, why in report.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(
+        f"train.tsv: {report.train} files, {report.train_seconds / 3600:.2f} h; "
+        f"valid.tsv: {report.valid} files, {report.valid_seconds / 3600:.2f} h -> {args.dest}"
+    )
+    for reason, n in report.filtered.items():
+        print(f"filtered {n} files: {reason}")
+    if report.skipped:
+        print(
+            f"skipped {len(report.skipped)} unreadable files or directories (listed above)",
+            file=sys.stderr,
+        )
+        if args.strict:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Manifests, audio decoding, the dataset, the bucketing batch sampler and the data module."""

@@ -1,0 +1,172 @@
+"""LightningDataModule over a manifest folder holding ``train.tsv`` and ``valid.tsv``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from w2v2_pretrain.data.dataset import AudioDataset, Collator, check_manifest
+from w2v2_pretrain.data.manifest import read_manifest
+from w2v2_pretrain.data.sampler import BucketBatchSampler
+from w2v2_pretrain.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """Pretraining data: any manifest folder made by ``w2v2-manifest`` or fairseq.
+
+    Args:
+        manifest_dir: folder with ``train.tsv`` and ``valid.tsv`` (config ``data.manifest_dir``).
+        sample_rate: rate the model expects.
+        resample: resample other rates (True) or refuse them (False).
+        downmix: average multi-channel audio (True) or refuse it (False).
+        normalize: per-utterance zero mean / unit variance (fairseq ``normalize``; LARGE).
+        min_sample_size: shorter clips are dropped and counted (fairseq, BASE: 32000).
+        max_sample_size: longer clips are cropped (fairseq, BASE: 250000).
+        max_tokens: samples per batch per device (fairseq ``max_tokens``, BASE: 1.4M).
+        max_batch_size: optional cap on utterances per batch.
+        valid_max_tokens: budget for validation batches (default: ``max_tokens``).
+        collate: ``crop`` to the shortest in the batch (fairseq default) or ``pad``.
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        seed: drives bucketing tie-breaks, batch order and random crops.
+        verify: read every header at setup (catches corrupt, empty, truncated files early).
+        on_bad_file: ``error`` stops at the first bad file; ``skip`` drops, counts and logs.
+        receptive_field: samples the feature encoder needs for one frame (set from the model).
+    """
+
+    def __init__(
+        self,
+        manifest_dir: str,
+        sample_rate: int = 16_000,
+        resample: bool = True,
+        downmix: bool = True,
+        normalize: bool = False,
+        min_sample_size: int = 32_000,
+        max_sample_size: int = 250_000,
+        max_tokens: int = 1_400_000,
+        max_batch_size: int | None = None,
+        valid_max_tokens: int | None = None,
+        collate: str = "crop",
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        seed: int = 1,
+        verify: bool = True,
+        on_bad_file: str = "error",
+        receptive_field: int = 400,
+    ) -> None:
+        super().__init__()
+        self.manifest_dir = Path(manifest_dir)
+        self.sample_rate = sample_rate
+        self.resample = resample
+        self.downmix = downmix
+        self.normalize = normalize
+        self.min_sample_size = min_sample_size
+        self.max_sample_size = max_sample_size
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.valid_max_tokens = valid_max_tokens or max_tokens
+        self.collate = Collator(collate)  # validates the mode early
+        self.collate_mode = collate
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.verify = verify
+        self.on_bad_file = on_bad_file
+        self.receptive_field = receptive_field
+        self.datasets: dict[str, AudioDataset] = {}
+        self.dropped: dict[str, dict[str, int]] = {}
+        self._samplers: dict[str, BucketBatchSampler] = {}
+
+    def _load(self, split: str) -> AudioDataset:
+        if split in self.datasets:
+            return self.datasets[split]
+        if not self.manifest_dir.is_dir():
+            raise DataError(f"data.manifest_dir: {self.manifest_dir} is not a directory")
+        path = self.manifest_dir / f"{split}.tsv"
+        manifest, dropped = check_manifest(
+            read_manifest(path),
+            self.min_sample_size,
+            self.receptive_field,
+            verify=self.verify,
+            on_bad_file=self.on_bad_file,
+        )
+        self.dropped[split] = dict(dropped)
+        ds = AudioDataset(
+            manifest,
+            self.sample_rate,
+            resample=self.resample,
+            downmix=self.downmix,
+            normalize=self.normalize,
+            max_sample_size=self.max_sample_size,
+            train=split == "train",
+            seed=self.seed,
+            skip_bad=self.on_bad_file == "skip",
+        )
+        hours = sum(e.num_samples for e in manifest.entries) / self.sample_rate / 3600
+        log.info("%s: %d utterances, %.2f h", path, len(ds), hours)
+        self.datasets[split] = ds
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._load("train")
+        if stage in (None, "fit", "validate"):
+            self._load("valid")
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def sampler(self, split: str) -> BucketBatchSampler:
+        ds = self._load(split)
+        replicas, rank = self._world()
+        train = split == "train"
+        s = BucketBatchSampler(
+            ds.sizes,
+            self.max_tokens if train else self.valid_max_tokens,
+            max_batch_size=self.max_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            num_replicas=replicas,
+            rank=rank,
+        )
+        self._samplers[split] = s
+        return s
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        sampler = self.sampler(split)
+        if train and self.trainer is not None:
+            # resume mid-epoch: continue the interrupted epoch where it stopped, not from its start
+            sampler.set_epoch(self.trainer.current_epoch)
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+            sampler.skip = min(progress.completed, len(sampler))
+        return DataLoader(
+            self.datasets[split],
+            batch_sampler=sampler,
+            collate_fn=Collator(self.collate_mode, train=train),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            # the loader's own generator: creating an iterator must not consume the global RNG,
+            # or a resumed run would draw different masks than an uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self._load("train")) == 0:
+            raise DataError(f"{self.manifest_dir / 'train.tsv'}: no entries to train on")
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self._load("valid")) == 0:
+            log.warning("%s is empty: no validation", self.manifest_dir / "valid.tsv")
+            return []
+        return self._loader("valid")

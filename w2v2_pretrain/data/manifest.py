@@ -1,0 +1,222 @@
+"""fairseq-compatible TSV manifests: first line the root, then ``relative/path<TAB>num_samples``.
+
+Manifests written here load in fairseq (``wav2vec_manifest.py`` format) and fairseq's load here. A
+root line that is relative is resolved against the manifest's own folder, so a manifest committed
+next to its corpus works from any clone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+from w2v2_pretrain.errors import DataError
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One utterance: its path relative to the root, its length in samples and manifest line."""
+
+    path: str
+    num_samples: int
+    line: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: the absolute audio root and its entries, in file order."""
+
+    source: Path
+    root: Path
+    entries: tuple[ManifestEntry, ...]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def audio_path(self, i: int) -> Path:
+        return self.root / self.entries[i].path
+
+    def where(self, i: int) -> str:
+        """``manifest:line (path)``: how errors name an entry."""
+        e = self.entries[i]
+        return f"{self.source}:{e.line} ({self.root / e.path})"
+
+    def select(self, keep: list[int]) -> Manifest:
+        return Manifest(self.source, self.root, tuple(self.entries[i] for i in keep))
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse and check a manifest; every problem is a `DataError` naming the file and line.
+
+    Checks the root exists, each line has two tab-separated columns, the length is a positive
+    integer and the path stays inside the root. File existence is checked by the dataset.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read manifest: {e}") from None
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path}:1: first line must be the audio root directory, found nothing")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = path.parent / root
+    root = root.resolve()
+    if not root.is_dir():
+        raise DataError(f"{path}:1: root {root} does not exist or is not a directory")
+    entries = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cols = line.rstrip("\n").split("\t")
+        if len(cols) != 2:
+            raise DataError(
+                f"{path}:{n}: expected 2 tab-separated columns (path, num_samples), "
+                f"found {len(cols)}: {line[:80]!r}"
+            )
+        rel, size = cols
+        try:
+            num = int(size)
+        except ValueError:
+            raise DataError(f"{path}:{n}: num_samples {size!r} is not an integer") from None
+        if num <= 0:
+            raise DataError(f"{path}:{n}: num_samples must be positive, got {num}")
+        full = (root / rel).resolve()
+        if not full.is_relative_to(root):
+            raise DataError(f"{path}:{n}: path {rel!r} escapes the root {root}")
+        entries.append(ManifestEntry(rel, num, n))
+    return Manifest(path, root, tuple(entries))
+
+
+def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> None:
+    """Write atomically (temp file + rename): an interrupted run never leaves half a manifest."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        print(root, file=f)
+        for rel, num in entries:
+            print(f"{rel}\t{num}", file=f)
+    tmp.replace(path)
+
+
+@dataclass
+class ManifestReport:
+    """What `build_manifests` did: counts per split and every file it skipped, with the reason."""
+
+    train: int = 0
+    valid: int = 0
+    train_seconds: float = 0.0
+    valid_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    filtered: Counter = field(default_factory=Counter)
+
+
+def find_audio(root: Path, ext: str, on_error: Callable[[str, str], None]) -> Iterator[Path]:
+    """Files under ``root`` (any depth) whose suffix is ``.ext``, in sorted, stable order.
+
+    Directories that cannot be listed are passed to ``on_error(path, reason)`` and skipped.
+    """
+    suffix = "." + ext.lower().lstrip(".")
+    stack = [root]
+    found = []
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=True):
+                        stack.append(Path(e.path))
+                    elif e.name.lower().endswith(suffix):
+                        found.append(Path(e.path))
+        except OSError as err:
+            on_error(str(d), f"cannot read directory: {err.strerror or err}")
+    return iter(sorted(found))
+
+
+def _header(path: Path) -> tuple[int, int] | str:
+    """(frames, sample_rate) from the header only, or the reason it cannot be used."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile's message says what is wrong with the file
+        return f"unreadable audio: {str(e).splitlines()[0]}"
+    if info.frames <= 0:
+        return "empty audio (0 samples)"
+    return info.frames, info.samplerate
+
+
+def build_manifests(
+    root: str | os.PathLike,
+    dest: str | os.PathLike,
+    ext: str = "flac",
+    valid_percent: float = 0.01,
+    seed: int = 42,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+    workers: int = 8,
+    progress: bool = True,
+    relative_root: bool = False,
+) -> ManifestReport:
+    """Walk a LibriSpeech-style tree and write ``dest/train.tsv`` and ``dest/valid.tsv``.
+
+    The split is fairseq's: each file in order draws ``rng.random()`` and goes to valid when it
+    is <= ``valid_percent``; with sorted order and a seed it is deterministic. Headers are read in
+    parallel threads; unreadable or empty files are skipped, counted and listed in the report.
+    ``relative_root`` writes the root relative to ``dest`` (portable, for a committed corpus;
+    fairseq itself resolves a relative root against its working directory instead).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: audio root does not exist or is not a directory")
+    if not 0.0 <= valid_percent <= 1.0:
+        raise DataError(f"--valid-percent must be in [0, 1], got {valid_percent}")
+    root = root.resolve()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    report = ManifestReport()
+    files = list(find_audio(root, ext, lambda p, why: report.skipped.append((p, why))))
+    if not files and not report.skipped:
+        raise DataError(f"{root}: no *.{ext} files found")
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        headers = pool.map(_header, files, chunksize=64)
+        if progress:
+            from tqdm import tqdm
+
+            headers = tqdm(headers, total=len(files), desc="reading headers", unit="file")
+        results = list(headers)
+
+    rng = random.Random(seed)
+    train, valid = [], []
+    for path, res in zip(files, results, strict=True):
+        rel = str(path.relative_to(root))
+        if isinstance(res, str):
+            report.skipped.append((str(path), res))
+            continue
+        frames, rate = res
+        seconds = frames / rate
+        if seconds < min_seconds:
+            report.filtered["shorter than --min-seconds"] += 1
+            continue
+        if max_seconds is not None and seconds > max_seconds:
+            report.filtered["longer than --max-seconds"] += 1
+            continue
+        if rng.random() > valid_percent:
+            train.append((rel, frames))
+            report.train += 1
+            report.train_seconds += seconds
+        else:
+            valid.append((rel, frames))
+            report.valid += 1
+            report.valid_seconds += seconds
+    root_line = Path(os.path.relpath(root, dest.resolve())) if relative_root else root
+    write_manifest(dest / "train.tsv", root_line, train)
+    write_manifest(dest / "valid.tsv", root_line, valid)
+    return report

@@ -43,6 +43,7 @@ tensorboard: install ## serve the TensorBoard logs of every run under $(LOGDIR)
 
 bench: install ## data-loader and masking/distractor benchmarks
 	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_model.py
 
 clean: ## remove the venv, run outputs and caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,150 @@
+"""Our wav2vec 2.0 equals transformers' ``Wav2Vec2ForPreTraining`` with the same weights.
+
+Same weights, eval mode, the same mask and distractor indices, on padded batches of different
+lengths: hidden states, projected context and targets, logits and losses agree to 1e-5.
+
+Where transformers knowingly differs from fairseq (and from us) the difference is tested
+explicitly:
+- transformers has no feature penalty term (fairseq's ``loss_weights[1]``) and no
+  ``feature_grad_mult``;
+- in eval mode transformers' diversity term uses the hard one-hot code distribution (our
+  ``code_perplexity``), in training the softmax (our ``prob_perplexity``); we always use the
+  softmax, as fairseq does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from w2v2_pretrain.interop.hf import to_hf_model  # noqa: E402
+from w2v2_pretrain.models import Wav2Vec2Model, preset  # noqa: E402
+from w2v2_pretrain.models.masking import compute_span_mask  # noqa: E402
+from w2v2_pretrain.models.objective import sample_distractors  # noqa: E402
+from w2v2_pretrain.models.quantizer import perplexity  # noqa: E402
+
+
+def shaped(name: str, layers: int):
+    """A preset with few layers: BASE-shaped and LARGE-shaped configs cheap enough for CPU."""
+    cfg = preset(name)
+    cfg.context_network.num_layers = layers
+    return cfg
+
+
+CONFIGS = {
+    "tiny": lambda: preset("tiny"),
+    "base-shaped": lambda: shaped("base", 2),
+    "large-shaped": lambda: shaped("large", 2),
+}
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-5) -> None:
+    scale = theirs.abs().max().clamp(min=1e-6)
+    err = (ours.double() - theirs.double()).abs().max() / scale
+    assert err <= rtol, f"max relative error {err:.2e}"
+
+
+def hf_indices(mask: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """Our row-local distractor indices (B, M, K) as transformers' flat (B, T, K) indices."""
+    B, T = mask.shape
+    K = within.shape[-1]
+    pos = torch.stack([row.nonzero().squeeze(1) for row in mask])  # (B, M) frame of each
+    flat = pos + torch.arange(B)[:, None] * T  # (B, M) index into B*T
+    out = torch.zeros(B, T, K, dtype=torch.long)
+    rows = torch.arange(B)[:, None, None]
+    out[rows, pos[..., None], torch.arange(K)] = flat[rows, within]
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_same_weights_same_outputs(name):
+    torch.manual_seed(0)
+    cfg = CONFIGS[name]()
+    ours = Wav2Vec2Model(cfg).eval()
+    theirs = to_hf_model(ours)
+    lengths = torch.tensor([40_000, 33_000, 24_000])
+    source = torch.randn(3, 40_000) * 0.1
+    for row, n in enumerate(lengths):
+        source[row, n:] = 0
+    frames = ours.feature_encoder.output_lengths(lengths)
+    T = int(frames.max())
+    g = torch.Generator().manual_seed(1)
+    from w2v2_pretrain.models.noise import Noise
+
+    mask = compute_span_mask(frames, T, 0.65, 10, 2, Noise(g))
+    M = int(mask.sum(1)[0])
+    within = sample_distractors(3, M, cfg.objective.num_negatives, Noise(g))
+
+    out = ours(source, lengths, temperature=2.0, mask=mask, distractors=within)
+    attention = (torch.arange(40_000)[None] < lengths[:, None]).long()
+    hf_out = theirs(
+        source,
+        attention_mask=attention,
+        mask_time_indices=mask,
+        sampled_negative_indices=hf_indices(mask, within),
+    )
+    hidden = theirs.wav2vec2(source, attention_mask=attention, mask_time_indices=mask)
+
+    valid = torch.arange(T)[None] < frames[:, None]
+    close(out.hidden[valid], hidden.last_hidden_state[valid])
+    close(out.context, hf_out.projected_states[mask].view(3, M, -1))
+    close(out.targets, hf_out.projected_quantized_states[mask].view(3, M, -1))
+    assert hf_out.contrastive_loss.item() > 0
+    close(out.loss.contrastive, hf_out.contrastive_loss)
+    # transformers' logits are not returned; rebuild them from its outputs
+    hf_logits = theirs.compute_contrastive_logits(
+        hf_out.projected_quantized_states[mask].view(3, M, -1)[None],
+        hf_out.projected_quantized_states[mask]
+        .view(3 * M, -1)[(within + torch.arange(3)[:, None, None] * M).view(-1)]
+        .view(3, M, -1, out.targets.shape[-1])
+        .permute(2, 0, 1, 3),
+        hf_out.projected_states[mask].view(3, M, -1),
+        cfg.objective.logit_temp,
+    ).permute(1, 2, 0)
+    finite = torch.isfinite(out.logits)
+    close(out.logits[finite], hf_logits[finite])
+
+    # diversity: transformers in eval uses the hard code distribution = our code perplexity
+    GV = cfg.quantizer.num_groups * cfg.quantizer.num_vars
+    close(out.loss.code_perplexity, hf_out.codevector_perplexity)
+    close((GV - out.loss.code_perplexity) / GV * 3 * M, hf_out.diversity_loss)
+    # and its training-mode softmax perplexity equals our prob perplexity
+    feats = theirs.wav2vec2.feature_projection.layer_norm(
+        theirs.wav2vec2.feature_extractor(source).transpose(1, 2)
+    )
+    probs = torch.softmax(
+        theirs.quantizer.weight_proj(feats).view(3 * T, cfg.quantizer.num_groups, -1), -1
+    )
+    close(out.loss.prob_perplexity, theirs.quantizer._compute_perplexity(probs, mask))
+    close(out.loss.prob_perplexity, perplexity(probs[mask.flatten()]))
+
+    # transformers has no feature penalty: its loss is ours without that term
+    expected = out.loss.contrastive + cfg.objective.diversity_weight * hf_out.diversity_loss
+    close(hf_out.loss, expected)
+    if cfg.objective.feature_penalty_weight:
+        assert out.loss.total > expected
+        close(
+            out.loss.total
+            - out.loss.contrastive
+            - cfg.objective.diversity_weight * out.loss.diversity * 3 * M,
+            cfg.objective.feature_penalty_weight * out.loss.feature_penalty * 3 * M,
+        )
+
+
+@pytest.mark.parametrize("name", ["base", "large"])
+def test_parameter_counts_equal_transformers(name):
+    """BASE about 95.0M, LARGE about 317M: the same count as transformers' model."""
+    with torch.device("meta"):
+        ours = Wav2Vec2Model(preset(name))
+        theirs = transformers.Wav2Vec2ForPreTraining(
+            __import__("w2v2_pretrain.interop.hf", fromlist=["to_hf_config"]).to_hf_config(
+                preset(name)
+            )
+        )
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_theirs = sum(p.numel() for p in theirs.parameters())
+    assert n_ours == n_theirs
+    assert round(n_ours / 1e6, 1) == {"base": 95.0, "large": 317.4}[name]

@@ -1,0 +1,369 @@
+"""Typed configuration of wav2vec 2.0, with the paper's BASE and LARGE presets and a tiny one.
+
+Every field names its fairseq option (``Wav2Vec2Config`` in ``fairseq/models/wav2vec``) and its
+BASE / LARGE value. `Wav2Vec2Config.validate` reports the first bad field by its dotted name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from w2v2_pretrain.errors import ConfigError
+
+BASE_CONV_LAYERS: list[tuple[int, int, int]] = (
+    [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+)
+
+
+@dataclass(kw_only=True)
+class FeatureEncoderConfig:
+    """The convolutional feature encoder f: X -> Z (paper section 2)."""
+
+    conv_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(BASE_CONV_LAYERS))
+    """(channels, kernel, stride) per conv; fairseq ``conv_feature_layers``. BASE and LARGE:
+    [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2: 20 ms stride, 25 ms receptive field."""
+
+    mode: str = "group_norm"
+    """``group_norm`` (GroupNorm on the first conv only; fairseq ``extractor_mode=default``, BASE)
+    or ``layer_norm`` (LayerNorm after every conv; LARGE)."""
+
+    conv_bias: bool = False
+    """Bias in the convs; fairseq ``conv_bias``. BASE False, LARGE True."""
+
+    feature_grad_mult: float = 0.1
+    """Scale of the gradient reaching the encoder; 0 disables it. fairseq ``feature_grad_mult``.
+    BASE 0.1, LARGE 1.0."""
+
+
+@dataclass(kw_only=True)
+class MaskingConfig:
+    """Span masking of the latent features before the context network (paper section 3.1)."""
+
+    mask_prob: float = 0.65
+    """Probability of each frame starting a span (p); fairseq ``mask_prob``. BASE/LARGE 0.65."""
+
+    mask_length: int = 10
+    """Span length in frames (M); fairseq ``mask_length``. BASE/LARGE 10."""
+
+    min_masks: int = 2
+    """Minimum spans per utterance; fairseq ``apply_mask(min_masks=2)``."""
+
+    channel_prob: float = 0.0
+    """Probability of each channel starting a masked channel span; fairseq
+    ``mask_channel_prob``. 0 in pretraining."""
+
+    channel_length: int = 10
+    """Channel span length; fairseq ``mask_channel_length``."""
+
+
+@dataclass(kw_only=True)
+class ContextNetworkConfig:
+    """Relative positional conv + Transformer g: Z -> C (paper section 2)."""
+
+    num_layers: int = 12
+    """Transformer blocks; fairseq ``encoder_layers``. BASE 12, LARGE 24."""
+
+    embed_dim: int = 768
+    """Model dimension; fairseq ``encoder_embed_dim``. BASE 768, LARGE 1024."""
+
+    ffn_dim: int = 3072
+    """Inner FFN dimension; fairseq ``encoder_ffn_embed_dim``. BASE 3072, LARGE 4096."""
+
+    num_heads: int = 12
+    """Attention heads; fairseq ``encoder_attention_heads``. BASE 12 (the paper says 8),
+    LARGE 16."""
+
+    layer_norm_first: bool = False
+    """Pre-LN blocks and a final LayerNorm (LARGE) instead of post-LN blocks with the LayerNorm
+    before the first block (BASE); fairseq ``layer_norm_first``."""
+
+    dropout: float = 0.1
+    """Dropout after attention / FFN and on the block input; fairseq ``dropout``. BASE 0.1,
+    LARGE (LibriVox) 0.0."""
+
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities; fairseq ``attention_dropout``. BASE 0.1, LARGE 0.0."""
+
+    activation_dropout: float = 0.0
+    """Dropout after the FFN activation; fairseq ``activation_dropout``. 0.0."""
+
+    layerdrop: float = 0.05
+    """Probability of skipping each block in training; fairseq ``encoder_layerdrop``. BASE 0.05,
+    LARGE (LibriVox) 0.0."""
+
+    conv_pos: int = 128
+    """Kernel of the positional conv; fairseq ``conv_pos``. 128."""
+
+    conv_pos_groups: int = 16
+    """Groups of the positional conv; fairseq ``conv_pos_groups``. 16."""
+
+    checkpoint_activations: bool = False
+    """Recompute each block in backward to save memory; fairseq ``checkpoint_activations``."""
+
+
+@dataclass(kw_only=True)
+class QuantizerConfig:
+    """Gumbel-softmax product quantizer (paper section 2, 'Quantization module')."""
+
+    num_groups: int = 2
+    """Codebooks G; fairseq ``latent_groups``. 2."""
+
+    num_vars: int = 320
+    """Entries per codebook V; fairseq ``latent_vars``. 320."""
+
+    codevector_dim: int = 256
+    """Width of a concatenated codevector (each group has codevector_dim / G); fairseq
+    ``latent_dim`` (0 there means ``final_dim``). BASE 256, LARGE 768."""
+
+    temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    """Gumbel temperature (start, floor, decay per update): max(start * decay^step, floor);
+    fairseq ``latent_temp``. BASE (2, 0.5, 0.999995), LARGE (2, 0.1, 0.999995)."""
+
+    def temperature_at(self, step: int) -> float:
+        start, floor, decay = self.temperature
+        return max(start * decay**step, floor)
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """Contrastive + diversity + feature-penalty objective (paper sections 3.2, 4.2)."""
+
+    num_negatives: int = 100
+    """Distractors K from other masked frames of the same utterance; fairseq
+    ``num_negatives``. 100."""
+
+    cross_sample_negatives: int = 0
+    """Extra distractors drawn from masked frames of any utterance in the batch; fairseq
+    ``cross_sample_negatives``. 0."""
+
+    logit_temp: float = 0.1
+    """Temperature kappa dividing the cosine similarities; fairseq ``logit_temp``. 0.1."""
+
+    diversity_weight: float = 0.1
+    """Weight alpha of the diversity loss; fairseq criterion ``loss_weights[0]``. 0.1."""
+
+    feature_penalty_weight: float = 10.0
+    """Weight of the L2 penalty on the encoder output; fairseq ``loss_weights[1]``. BASE 10,
+    LARGE (LibriVox) 0."""
+
+
+@dataclass(kw_only=True)
+class Wav2Vec2Config:
+    """The whole model: parts plus the projections between them."""
+
+    feature_encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    context_network: ContextNetworkConfig = field(default_factory=ContextNetworkConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    final_dim: int = 256
+    """Dimension both the context and the codevectors are projected to before the cosine
+    similarity; fairseq ``final_dim``. BASE 256, LARGE 768."""
+
+    dropout_input: float = 0.1
+    """Dropout on the projected features entering the context network; fairseq
+    ``dropout_input``. BASE 0.1, LARGE (LibriVox) 0.0."""
+
+    dropout_features: float = 0.1
+    """Dropout on the features entering the quantizer; fairseq ``dropout_features``. BASE 0.1,
+    LARGE (LibriVox) 0.0."""
+
+    layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm."""
+
+    # -- derived ------------------------------------------------------------------------------
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one output frame sees (400 = 25 ms for BASE)."""
+        rf = 1
+        for _, kernel, stride in reversed(self.feature_encoder.conv_layers):
+            rf = (rf - 1) * stride + kernel
+        return rf
+
+    @property
+    def stride(self) -> int:
+        """Samples between frames (320 = 20 ms for BASE)."""
+        s = 1
+        for _, _, stride in self.feature_encoder.conv_layers:
+            s *= stride
+        return s
+
+    # -- (de)serialisation --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
+        """Build from nested plain data (a checkpoint, a Hydra node); unknown keys are errors."""
+        return _build(cls, dict(data), "model")
+
+    def validate(self) -> Wav2Vec2Config:
+        """Check ranges and consistency; raise `ConfigError` naming the field. Returns self."""
+        fe, mk, cn, q, ob = (
+            self.feature_encoder,
+            self.masking,
+            self.context_network,
+            self.quantizer,
+            self.objective,
+        )
+        checks = [
+            (len(fe.conv_layers) > 0, "feature_encoder.conv_layers", "must not be empty"),
+            (
+                all(len(c) == 3 and min(c) > 0 for c in fe.conv_layers),
+                "feature_encoder.conv_layers",
+                "each layer is (channels, kernel, stride) > 0",
+            ),
+            (
+                fe.mode in ("group_norm", "layer_norm"),
+                "feature_encoder.mode",
+                f"must be 'group_norm' or 'layer_norm', got {fe.mode!r}",
+            ),
+            (fe.feature_grad_mult >= 0, "feature_encoder.feature_grad_mult", "must be >= 0"),
+            (0 <= mk.mask_prob < 1, "masking.mask_prob", f"must be in [0, 1), got {mk.mask_prob}"),
+            (mk.mask_length >= 1, "masking.mask_length", "must be >= 1"),
+            (mk.min_masks >= 0, "masking.min_masks", "must be >= 0"),
+            (0 <= mk.channel_prob < 1, "masking.channel_prob", "must be in [0, 1)"),
+            (mk.channel_length >= 1, "masking.channel_length", "must be >= 1"),
+            (cn.num_layers >= 1, "context_network.num_layers", "must be >= 1"),
+            (
+                cn.embed_dim % cn.num_heads == 0,
+                "context_network.num_heads",
+                f"embed_dim {cn.embed_dim} is not divisible by num_heads {cn.num_heads}",
+            ),
+            (
+                cn.embed_dim % cn.conv_pos_groups == 0,
+                "context_network.conv_pos_groups",
+                f"embed_dim {cn.embed_dim} is not divisible by {cn.conv_pos_groups} groups",
+            ),
+            (cn.conv_pos >= 1, "context_network.conv_pos", "must be >= 1"),
+            (0 <= cn.layerdrop < 1, "context_network.layerdrop", "must be in [0, 1)"),
+            (q.num_groups >= 1 and q.num_vars >= 2, "quantizer", "needs G >= 1 and V >= 2"),
+            (
+                q.codevector_dim % q.num_groups == 0,
+                "quantizer.codevector_dim",
+                f"{q.codevector_dim} is not divisible by num_groups {q.num_groups}",
+            ),
+            (
+                len(q.temperature) == 3
+                and q.temperature[0] >= q.temperature[1] > 0
+                and 0 < q.temperature[2] <= 1,
+                "quantizer.temperature",
+                "must be (start, floor, decay) with start >= floor > 0 and 0 < decay <= 1",
+            ),
+            (
+                ob.num_negatives + ob.cross_sample_negatives >= 1,
+                "objective.num_negatives",
+                "need at least one distractor",
+            ),
+            (ob.logit_temp > 0, "objective.logit_temp", "must be > 0"),
+            (
+                ob.diversity_weight >= 0 and ob.feature_penalty_weight >= 0,
+                "objective",
+                "loss weights must be >= 0",
+            ),
+            (self.final_dim >= 1, "final_dim", "must be >= 1"),
+        ]
+        for p in ("dropout_input", "dropout_features"):
+            checks.append((0 <= getattr(self, p) < 1, p, "must be in [0, 1)"))
+        for p in ("dropout", "attention_dropout", "activation_dropout"):
+            checks.append((0 <= getattr(cn, p) < 1, f"context_network.{p}", "must be in [0, 1)"))
+        for ok, name, why in checks:
+            if not ok:
+                raise ConfigError(f"model.{name}: {why}")
+        return self
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Nested dataclass from plain data, with errors that name the dotted field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SUBCONFIGS.get(name) if cls is Wav2Vec2Config else None
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
+            value = _build(sub, dict(value), f"{where}.{name}")
+        elif name == "conv_layers":
+            value = [tuple(int(v) for v in layer) for layer in value]
+        elif name == "temperature":
+            value = tuple(float(v) for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SUBCONFIGS = {
+    "feature_encoder": FeatureEncoderConfig,
+    "masking": MaskingConfig,
+    "context_network": ContextNetworkConfig,
+    "quantizer": QuantizerConfig,
+    "objective": ObjectiveConfig,
+}
+
+
+def base() -> Wav2Vec2Config:
+    """BASE (95.0M parameters): the paper's and fairseq's LibriSpeech recipe."""
+    return Wav2Vec2Config()
+
+
+def large() -> Wav2Vec2Config:
+    """LARGE (317M parameters), as fairseq's LibriVox recipe."""
+    cfg = base()
+    cfg.feature_encoder = FeatureEncoderConfig(
+        mode="layer_norm", conv_bias=True, feature_grad_mult=1.0
+    )
+    cfg.context_network = ContextNetworkConfig(
+        num_layers=24,
+        embed_dim=1024,
+        ffn_dim=4096,
+        num_heads=16,
+        layer_norm_first=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        layerdrop=0.0,
+    )
+    cfg.quantizer = QuantizerConfig(codevector_dim=768, temperature=(2.0, 0.1, 0.999995))
+    cfg.objective = ObjectiveConfig(feature_penalty_weight=0.0)
+    cfg.final_dim = 768
+    cfg.dropout_input = cfg.dropout_features = 0.0
+    return cfg
+
+
+def tiny() -> Wav2Vec2Config:
+    """A few M parameters with BASE's geometry (49 frames/s): tests and the CPU demo."""
+    cfg = base()
+    cfg.feature_encoder = FeatureEncoderConfig(
+        conv_layers=[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2,
+        feature_grad_mult=1.0,
+    )
+    cfg.context_network = ContextNetworkConfig(
+        num_layers=4,
+        embed_dim=256,
+        ffn_dim=1024,
+        num_heads=4,
+        conv_pos=32,
+        conv_pos_groups=8,
+        layerdrop=0.0,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
+    cfg.quantizer = QuantizerConfig(num_groups=2, num_vars=64, codevector_dim=128)
+    cfg.final_dim = 128
+    return cfg
+
+
+PRESETS = {"tiny": tiny, "base": base, "large": large}
+
+
+def preset(name: str) -> Wav2Vec2Config:
+    """``tiny``, ``base`` or ``large``."""
+    if name not in PRESETS:
+        raise ConfigError(f"model preset {name!r} unknown; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,205 @@
+"""The context network: convolutional relative positional embedding + Transformer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class PositionalConv(nn.Module):
+    """Grouped conv over time with weight norm and GELU (fairseq ``conv_pos``).
+
+    An even kernel with ``padding=kernel // 2`` yields one extra frame, trimmed at the end.
+
+    Args:
+        dim: model dimension D.
+        kernel: fairseq ``conv_pos`` (128).
+        groups: fairseq ``conv_pos_groups`` (16).
+        dropout: the network's dropout, which scales the initial weights as in fairseq.
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4 * (1.0 - dropout) / (kernel * dim)))
+        nn.init.zeros_(conv.bias)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)"""
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[:, :, : -self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Attend over unpadded frames.
+
+        Shape:
+            x: (B, T, D); keep: (B, 1, 1, T) bool, True where a key may be attended.
+        """
+        B, T, D = x.shape
+        H = self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D/H)
+
+        y = F.scaled_dot_product_attention(
+            heads(self.q_proj(x)),
+            heads(self.k_proj(x)),
+            heads(self.v_proj(x)),
+            attn_mask=keep,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Post-LN (BASE) or pre-LN (LARGE) Transformer block."""
+
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        layer_norm_first: bool,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.attention = SelfAttention(dim, num_heads, attention_dropout)
+        self.attention_layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)"""
+        if self.layer_norm_first:
+            x = x + self.dropout(self.attention(self.attention_layer_norm(x), keep))
+            return x + self.dropout(self.ffn(self.final_layer_norm(x)))
+        x = self.attention_layer_norm(x + self.dropout(self.attention(x, keep)))
+        return self.final_layer_norm(x + self.dropout(self.ffn(x)))
+
+
+class ContextNetwork(nn.Module):
+    """Positional conv + Transformer blocks with LayerDrop.
+
+    Post-LN (``layer_norm_first=False``, BASE): x + pos -> LayerNorm -> dropout -> blocks.
+    Pre-LN (LARGE): x + pos -> dropout -> blocks -> LayerNorm. Padded frames are zeroed before
+    the positional conv (so they do not leak into valid frames) and excluded as attention keys.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        ffn_dim: int,
+        num_heads: int,
+        layer_norm_first: bool,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        layerdrop: float,
+        conv_pos: int,
+        conv_pos_groups: int,
+        checkpoint_activations: bool = False,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.layerdrop = layerdrop
+        self.checkpoint_activations = checkpoint_activations
+        self.pos_conv = PositionalConv(dim, conv_pos, conv_pos_groups, dropout)
+        self.layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                dim,
+                ffn_dim,
+                num_heads,
+                dropout,
+                attention_dropout,
+                activation_dropout,
+                layer_norm_first,
+                eps,
+            )
+            for _ in range(num_layers)
+        )
+        for block in self.layers:  # fairseq init_bert_params
+            for m in block.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                    nn.init.zeros_(m.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> torch.Tensor:
+        """Contextualise the (masked) features.
+
+        Args:
+            x: latent features projected to D, masked spans replaced by the mask embedding.
+            padding_mask: True at padded frames, or None.
+            num_layers: stop after this many blocks (default all). For pre-LN the final
+                LayerNorm is applied only when all blocks run (as transformers' hidden states).
+
+        Shape:
+            x: (B, T, D), padding_mask: (B, T) -> (B, T, D), padded frames zeroed.
+        """
+        keep = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+            keep = ~padding_mask[:, None, None, :]
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        depth = len(self.layers) if num_layers is None else num_layers
+        drop = torch.rand(depth) < self.layerdrop if self.training and self.layerdrop else None
+        for i, block in enumerate(self.layers[:depth]):
+            if drop is not None and drop[i]:
+                continue
+            if self.checkpoint_activations and self.training:
+                x = checkpoint(block, x, keep, use_reentrant=False)
+            else:
+                x = block(x, keep)
+        if self.layer_norm_first and depth == len(self.layers):
+            x = self.layer_norm(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+        return x

@@ -1,0 +1,152 @@
+"""The objective: distractor sampling, contrastive logits, and the loss with its parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from w2v2_pretrain.models.noise import Noise
+
+
+@dataclass
+class Wav2Vec2Loss:
+    """The pretraining loss and what is logged about it.
+
+    ``total`` is summed over masked frames, as fairseq's criterion: contrastive (sum of
+    cross-entropies) + diversity_weight * diversity * num_masked + penalty_weight *
+    feature_penalty * num_masked. Divide by ``num_masked`` (summed over ranks) for the update.
+
+    Shape: every field is a scalar tensor.
+    """
+
+    total: torch.Tensor
+    contrastive: torch.Tensor
+    diversity: torch.Tensor
+    """(G*V - prob_perplexity) / (G*V): 0 with uniform code usage, near 1 when collapsed."""
+    feature_penalty: torch.Tensor
+    """Mean squared feature-encoder output over valid frames, before the LayerNorm."""
+    num_masked: torch.Tensor
+    correct: torch.Tensor
+    count: torch.Tensor
+    prob_perplexity: torch.Tensor
+    code_perplexity: torch.Tensor
+    temperature: torch.Tensor
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        return self.correct.float() / self.count.float().clamp(min=1)
+
+
+def sample_distractors(
+    batch: int,
+    num_masked: int,
+    num_negatives: int,
+    noise: Noise | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """K distractor indices per masked frame, from the other masked frames of its utterance.
+
+    Draw uniformly from ``0 .. M-2`` and shift the draws at or above the positive's own index up
+    by one, so the positive is never drawn and every other frame is equally likely.
+
+    Shape:
+        -> (B, M, K) int64 indices into the same row's M masked frames.
+    """
+    if num_masked < 2:
+        raise ValueError(
+            f"need at least 2 masked frames per utterance to draw distractors, got {num_masked}"
+        )
+    u = (noise or Noise()).rand((batch, num_masked, num_negatives), device)
+    idx = (u * (num_masked - 1)).long().clamp(max=num_masked - 2)
+    own = torch.arange(num_masked, device=device)[None, :, None]
+    return idx + (idx >= own).long()
+
+
+def sample_cross_distractors(
+    batch: int,
+    num_masked: int,
+    num_negatives: int,
+    noise: Noise | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Distractors from the masked frames of every utterance (fairseq
+    ``cross_sample_negatives``), never the positive itself.
+
+    Shape:
+        -> (B, M, K) int64 indices into the flattened (B * M) masked frames.
+    """
+    total = batch * num_masked
+    u = (noise or Noise()).rand((batch, num_masked, num_negatives), device)
+    idx = (u * (total - 1)).long().clamp(max=total - 2)
+    own = torch.arange(total, device=device).view(batch, num_masked, 1)
+    return idx + (idx >= own).long()
+
+
+def gather_distractors(
+    targets: torch.Tensor, within: torch.Tensor | None, cross: torch.Tensor | None
+) -> torch.Tensor:
+    """Distractor vectors for each masked frame.
+
+    Shape:
+        targets: (B, M, F); within: (B, M, K1) row indices; cross: (B, M, K2) flat indices
+        -> (B, M, K1 + K2, F)
+    """
+    B, M, F_ = targets.shape
+    parts = []
+    if within is not None:
+        rows = torch.arange(B, device=targets.device)[:, None, None]
+        parts.append(targets[rows, within])
+    if cross is not None:
+        parts.append(targets.reshape(B * M, F_)[cross])
+    return torch.cat(parts, dim=2)
+
+
+def contrastive_logits(
+    context: torch.Tensor, targets: torch.Tensor, distractors: torch.Tensor, logit_temp: float
+) -> torch.Tensor:
+    """Cosine similarity / kappa in float32 between the context and [positive, distractors].
+
+    A distractor identical to the positive (same codevector) gets -inf. The positive is class 0.
+
+    Shape:
+        context, targets: (B, M, F); distractors: (B, M, K, F) -> (B, M, 1 + K)
+    """
+    candidates = torch.cat([targets.unsqueeze(2), distractors], dim=2)
+    logits = torch.cosine_similarity(context.float().unsqueeze(2), candidates.float(), dim=-1)
+    logits = logits / logit_temp
+    same = (distractors == targets.unsqueeze(2)).all(-1)
+    if same.any():
+        logits[..., 1:] = logits[..., 1:].masked_fill(same, float("-inf"))
+    return logits
+
+
+def contrastive_accuracy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, count) as fairseq: argmax is the positive, not counting rows where the argmax
+    and the argmin are both 0 (all logits equal).
+
+    Shape:
+        logits: (..., 1 + K) -> (), ()
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    best = flat.argmax(-1) == 0
+    worst = flat.argmin(-1) == 0
+    correct = best.long().sum() - (best & worst).long().sum()
+    return correct, torch.tensor(flat.shape[0], device=logits.device)
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the positive at index 0, summed over masked frames.
+
+    Shape:
+        logits: (..., 1 + K) -> ()
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    target = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+    return F.cross_entropy(flat, target, reduction="sum")
+
+
+def diversity_loss(prob_perplexity: torch.Tensor, num_codevectors: int) -> torch.Tensor:
+    """(G*V - prob_perplexity) / (G*V): maximises the entropy of the averaged code usage."""
+    return (num_codevectors - prob_perplexity) / num_codevectors

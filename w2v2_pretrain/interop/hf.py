@@ -138,7 +138,9 @@ def from_hf_config(hf) -> Wav2Vec2Config:
         raise ConfigError("only GELU activations are supported")
     return Wav2Vec2Config(
         feature_encoder=FeatureEncoderConfig(
-            conv_layers=list(zip(hf.conv_dim, hf.conv_kernel, hf.conv_stride, strict=True)),
+            conv_layers=[
+                list(c) for c in zip(hf.conv_dim, hf.conv_kernel, hf.conv_stride, strict=True)
+            ],
             mode="group_norm" if hf.feat_extract_norm == "group" else "layer_norm",
             conv_bias=hf.conv_bias,
             feature_grad_mult=1.0,  # transformers has no feature_grad_mult

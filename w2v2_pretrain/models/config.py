@@ -12,17 +12,17 @@ from typing import Any
 
 from w2v2_pretrain.errors import ConfigError
 
-BASE_CONV_LAYERS: list[tuple[int, int, int]] = (
-    [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
-)
+BASE_CONV_LAYERS: list[list[int]] = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
 
 
 @dataclass(kw_only=True)
 class FeatureEncoderConfig:
     """The convolutional feature encoder f: X -> Z (paper section 2)."""
 
-    conv_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(BASE_CONV_LAYERS))
-    """(channels, kernel, stride) per conv; fairseq ``conv_feature_layers``. BASE and LARGE:
+    conv_layers: list[list[int]] = field(
+        default_factory=lambda: [list(c) for c in BASE_CONV_LAYERS]
+    )
+    """[channels, kernel, stride] per conv; fairseq ``conv_feature_layers``. BASE and LARGE:
     [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2: 20 ms stride, 25 ms receptive field."""
 
     mode: str = "group_norm"
@@ -117,7 +117,7 @@ class QuantizerConfig:
     """Width of a concatenated codevector (each group has codevector_dim / G); fairseq
     ``latent_dim`` (0 there means ``final_dim``). BASE 256, LARGE 768."""
 
-    temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    temperature: list[float] = field(default_factory=lambda: [2.0, 0.5, 0.999995])
     """Gumbel temperature (start, floor, decay per update): max(start * decay^step, floor);
     fairseq ``latent_temp``. BASE (2, 0.5, 0.999995), LARGE (2, 0.1, 0.999995)."""
 
@@ -292,9 +292,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
             value = _build(sub, dict(value), f"{where}.{name}")
         elif name == "conv_layers":
-            value = [tuple(int(v) for v in layer) for layer in value]
+            value = [[int(v) for v in layer] for layer in value]
         elif name == "temperature":
-            value = tuple(float(v) for v in value)
+            value = [float(v) for v in value]
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -329,7 +329,7 @@ def large() -> Wav2Vec2Config:
         attention_dropout=0.0,
         layerdrop=0.0,
     )
-    cfg.quantizer = QuantizerConfig(codevector_dim=768, temperature=(2.0, 0.1, 0.999995))
+    cfg.quantizer = QuantizerConfig(codevector_dim=768, temperature=[2.0, 0.1, 0.999995])
     cfg.objective = ObjectiveConfig(feature_penalty_weight=0.0)
     cfg.final_dim = 768
     cfg.dropout_input = cfg.dropout_features = 0.0
@@ -340,7 +340,7 @@ def tiny() -> Wav2Vec2Config:
     """A few M parameters with BASE's geometry (49 frames/s): tests and the CPU demo."""
     cfg = base()
     cfg.feature_encoder = FeatureEncoderConfig(
-        conv_layers=[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2,
+        conv_layers=[[128, 10, 5]] + [[128, 3, 2]] * 4 + [[128, 2, 2]] * 2,
         feature_grad_mult=1.0,
     )
     cfg.context_network = ContextNetworkConfig(

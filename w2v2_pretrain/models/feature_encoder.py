@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def frame_lengths(lengths: torch.Tensor, conv_layers: list[tuple[int, int, int]]) -> torch.Tensor:
+def frame_lengths(lengths: torch.Tensor, conv_layers: list[list[int]]) -> torch.Tensor:
     """Map sample lengths to frame lengths: ``(L - kernel) // stride + 1`` per conv.
 
     Shape:
@@ -71,7 +71,7 @@ class FeatureEncoder(nn.Module):
 
     def __init__(
         self,
-        conv_layers: list[tuple[int, int, int]],
+        conv_layers: list[list[int]],
         mode: str = "group_norm",
         conv_bias: bool = False,
         feature_grad_mult: float = 1.0,

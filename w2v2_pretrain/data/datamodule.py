@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from w2v2_pretrain.data.dataset import AudioDataset, Collator, check_manifest
 from w2v2_pretrain.data.manifest import read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
-from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class AudioDataModule(pl.LightningDataModule):
         verify: read every header at setup (catches corrupt, empty, truncated files early).
         on_bad_file: ``error`` stops at the first bad file; ``skip`` drops, counts and logs.
         receptive_field: samples the feature encoder needs for one frame (set from the model).
+
+    ``fixed_order = True`` (set by training when overfitting one batch) serves epoch 0's
+    batches and crops every epoch.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class AudioDataModule(pl.LightningDataModule):
         receptive_field: int = 400,
     ) -> None:
         super().__init__()
+        _check_settings(locals())
         self.manifest_dir = Path(manifest_dir)
         self.sample_rate = sample_rate
         self.resample = resample
@@ -80,6 +84,7 @@ class AudioDataModule(pl.LightningDataModule):
         self.verify = verify
         self.on_bad_file = on_bad_file
         self.receptive_field = receptive_field
+        self.fixed_order = False
         self.datasets: dict[str, AudioDataset] = {}
         self.dropped: dict[str, dict[str, int]] = {}
         self._samplers: dict[str, BucketBatchSampler] = {}
@@ -136,6 +141,7 @@ class AudioDataModule(pl.LightningDataModule):
             seed=self.seed,
             num_replicas=replicas,
             rank=rank,
+            fixed_epoch=0 if self.fixed_order else None,
         )
         self._samplers[split] = s
         return s
@@ -146,8 +152,10 @@ class AudioDataModule(pl.LightningDataModule):
         if train and self.trainer is not None:
             # resume mid-epoch: continue the interrupted epoch where it stopped, not from its start
             sampler.set_epoch(self.trainer.current_epoch)
+            # `processed`: a checkpoint saved at the end of a batch counts it processed, not yet
+            # completed, and Lightning resumes with the next batch index
             progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            sampler.skip = min(progress.completed, len(sampler))
+            sampler.skip = min(progress.processed, len(sampler))
         return DataLoader(
             self.datasets[split],
             batch_sampler=sampler,
@@ -170,3 +178,30 @@ class AudioDataModule(pl.LightningDataModule):
             log.warning("%s is empty: no validation", self.manifest_dir / "valid.tsv")
             return []
         return self._loader("valid")
+
+
+def _check_settings(args: dict) -> None:
+    """Reject bad values at construction, naming the ``data.`` field."""
+    positive = ("sample_rate", "max_sample_size", "max_tokens")
+    non_negative = ("min_sample_size", "num_workers", "receptive_field")
+    for name in positive + non_negative + ("max_batch_size", "valid_max_tokens", "seed"):
+        value = args[name]
+        if value is None and name in ("max_batch_size", "valid_max_tokens"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"data.{name}: expected an integer, got {value!r}")
+        if (name in positive or name in ("max_batch_size", "valid_max_tokens")) and value <= 0:
+            raise ConfigError(f"data.{name}: must be positive, got {value}")
+        if name in non_negative and value < 0:
+            raise ConfigError(f"data.{name}: must be >= 0, got {value}")
+    if args["min_sample_size"] > args["max_sample_size"]:
+        raise ConfigError(
+            f"data.min_sample_size ({args['min_sample_size']}) exceeds "
+            f"data.max_sample_size ({args['max_sample_size']})"
+        )
+    if args["on_bad_file"] not in ("error", "skip"):
+        raise ConfigError(
+            f"data.on_bad_file: expected 'error' or 'skip', got {args['on_bad_file']!r}"
+        )
+    if args["collate"] not in ("crop", "pad"):
+        raise ConfigError(f"data.collate: expected 'crop' or 'pad', got {args['collate']!r}")

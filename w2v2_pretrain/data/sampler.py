@@ -28,6 +28,8 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         shuffle: reshuffle tie-breaks and batch order each epoch (training).
         seed: base seed; epoch ``e`` uses ``(seed, e)``.
         num_replicas, rank: the DDP world size and this process's rank.
+        fixed_epoch: always use this epoch's batches (and crops): the same batches every
+            epoch, for overfitting one batch.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 1,
         num_replicas: int = 1,
         rank: int = 0,
+        fixed_epoch: int | None = None,
     ) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
         if len(self.sizes) < num_replicas:
@@ -56,12 +59,13 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
-        self.epoch = 0
+        self.fixed_epoch = fixed_epoch
+        self.epoch = fixed_epoch or 0
         self.skip = 0  # batches of the current epoch already consumed (set on resume)
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Every rank's batches for ``epoch``, in dealing order."""

@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_FLAGS ?=
 LOGDIR ?= outputs
+ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-full lint format tensorboard bench clean
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP) ## create .venv and install the package (editable) with the pinned stack
 
 demo: install ## pretrain the demo experiment on the embedded corpus (CPU, minutes)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/w2v2-pretrain experiment=demo $(ARGS)
 
 test: install ## the default test suite (fast; no slow tests)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_FLAGS)

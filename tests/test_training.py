@@ -1,0 +1,361 @@
+"""The pretraining application: configs composed as the CLI does, real Trainer runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
+from w2v2_pretrain.train import build, register_configs, train
+
+EXPERIMENTS = ["demo", "base_librispeech", "large_librivox"]
+CLI = [sys.executable, "-m", "w2v2_pretrain.cli.pretrain"]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path):
+    """Compose exactly as ``w2v2-pretrain`` does, with the run folder set to ``output_dir``."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # the task function never sees the hydra node
+    return cfg
+
+
+def run_cli(*overrides: str, cwd: Path = REPO_ROOT, timeout: int = 600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [*CLI, *overrides], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    out["__images__"] = ea.Tags()["images"]
+    return out
+
+
+FAST = [
+    "experiment=demo",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.verify=false",
+]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    overrides = [f"experiment={experiment}", "trainer.accelerator=cpu"]
+    if experiment != "demo":
+        overrides.append(f"data.manifest_dir={REPO_ROOT / 'data' / 'manifests'}")
+    cfg = compose_cfg(overrides, tmp_path)
+    datamodule, module, trainer = build(cfg)
+    expected = {"demo": "tiny", "base_librispeech": "base", "large_librivox": "large"}[experiment]
+    from w2v2_pretrain.models import preset
+
+    assert module.cfg == preset(expected)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    assert datamodule.max_tokens == cfg.data.max_tokens
+    if experiment == "base_librispeech":
+        # about 1.6 h of audio per update: 1.4M samples x devices x accumulation = 64 GPU-batches
+        hours = (
+            1_400_000 * cfg.trainer.devices * cfg.trainer.accumulate_grad_batches / 16000 / 3600
+        )
+        assert 1.5 < hours < 1.6 and cfg.optim.optimizer.lr == 5e-4
+        assert cfg.optim.scheduler.warmup == 32000 and cfg.trainer.max_steps == 400_000
+
+
+def test_fast_dev_run(tmp_path):
+    cfg = compose_cfg([*FAST, "trainer.fast_dev_run=2"], tmp_path)
+    result = train(cfg)
+    assert result.global_step == 2
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.val_metrics.values())
+
+
+def test_bad_override_is_clear_error(tmp_path):
+    typo = run_cli("experiment=demo", "data.max_tokenz=5", f"hydra.run.dir={tmp_path}")
+    assert typo.returncode != 0
+    assert "max_tokenz" in typo.stderr and "Traceback" not in typo.stderr
+    bad = run_cli("experiment=demo", "data.max_tokens=lots", f"hydra.run.dir={tmp_path}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: data.max_tokens: expected an integer, got 'lots'"
+    )
+    heads = run_cli(
+        "experiment=demo", "model.context_network.num_heads=3", f"hydra.run.dir={tmp_path}"
+    )
+    assert heads.returncode == 2 and "Traceback" not in heads.stderr
+    assert "model.context_network.num_heads: embed_dim 256 is not divisible" in heads.stderr
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Interrupted at update 3 and resumed: step, LR, temperature and the loss curve continue
+    as in an uninterrupted run (same seed), including the data order inside the epoch."""
+    common = [
+        *FAST,
+        "optim.scheduler.total_steps=6",
+        "optim.scheduler.warmup=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=1000",
+        "callbacks.periodic.every_n_train_steps=3",
+        "codebook_image_every=2",
+    ]
+    full = compose_cfg([*common, "trainer.max_steps=6"], tmp_path / "full")
+    train(full)
+    first = compose_cfg([*common, "trainer.max_steps=3"], tmp_path / "split")
+    train(first)
+    ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+    second = compose_cfg([*common, "trainer.max_steps=6", "resume=true"], tmp_path / "split")
+    result = train(second)
+    assert result.global_step == 6
+
+    a, b = scalars(tmp_path / "full"), scalars(tmp_path / "split")
+    for tag in ("train/loss", "train/lr", "train/temperature", "train/accuracy"):
+        steps_a = dict(a[tag])
+        steps_b = dict(b[tag])
+        assert sorted(steps_a) == sorted(steps_b) == list(range(6)), tag
+        for step in range(6):
+            assert steps_b[step] == pytest.approx(steps_a[step], rel=1e-5, abs=1e-7), (tag, step)
+
+    # TensorBoard holds every quantity the README promises, and the codebook picture
+    for tag in (
+        "loss",
+        "contrastive",
+        "diversity",
+        "feature_penalty",
+        "accuracy",
+        "code_perplexity",
+        "prob_perplexity",
+        "temperature",
+        "lr",
+        "grad_norm",
+        "masked_fraction",
+        "audio_seconds_per_second",
+        "batch_audio_seconds",
+    ):
+        assert f"train/{tag}" in a, tag
+    for tag in ("loss", "accuracy", "code_perplexity", "prob_perplexity"):
+        assert f"val/{tag}" in a, tag
+    assert "train/codebook_usage" in a["__images__"]
+
+
+def test_codebook_usage_figure_counts_entries():
+    import numpy as np
+
+    from w2v2_pretrain.training.module import codebook_usage_figure
+
+    counts = np.zeros((2, 64))
+    counts[0, :10] = 5
+    counts[1, 3] = 100  # collapsed codebook
+    fig = codebook_usage_figure(counts, step=7)
+    titles = [ax.get_title(loc="right") for ax in fig.axes]
+    assert titles == ["10/64 entries used", "1/64 entries used"]
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert heights[3] == 1.0 and sum(heights) == 1.0
+
+
+def test_overfit_one_batch_learns(tmp_path):
+    """Masks, distractors and Gumbel noise fixed per utterance, the same batch every step:
+    contrastive accuracy goes from chance to >= 0.95 within 50 updates. Guards the
+    straight-through quantizer, the distractors and the projections together."""
+    cfg = compose_cfg(
+        [
+            *FAST,
+            "trainer.overfit_batches=1",
+            "trainer.max_steps=50",
+            "trainer.log_every_n_steps=1",
+            "trainer.val_check_interval=1000",
+            "trainer.limit_val_batches=0",
+            "model.dropout_input=0",
+            "model.dropout_features=0",
+            "model.context_network.dropout=0",
+            "model.context_network.attention_dropout=0",
+            "optim.scheduler.warmup=0",
+        ],
+        tmp_path,
+    )
+    train(cfg)
+    acc = [v for _, v in scalars(tmp_path)["train/accuracy"]]
+    assert acc[0] < 0.1
+    assert max(acc) >= 0.95, acc
+
+
+def small_manifests(tmp_path: Path, n: int) -> Path:
+    """A manifest folder with the first ``n`` demo utterances for training and validation."""
+    src = (REPO_ROOT / "data" / "manifests" / "train.tsv").read_text().splitlines()
+    root = (REPO_ROOT / "data" / "demo").resolve()
+    out = tmp_path / "manifests"
+    out.mkdir(parents=True)
+    body = "\n".join([str(root), *src[1 : n + 1]]) + "\n"
+    (out / "train.tsv").write_text(body)
+    (out / "valid.tsv").write_text(body)
+    return out
+
+
+def test_two_process_ddp_cpu_run(tmp_path):
+    proc = run_cli(
+        "experiment=demo",
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "callbacks.periodic.every_n_train_steps=3",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert "pretraining finished after 3 updates" in proc.stdout
+    assert proc.stdout.count("pretraining finished") == 1  # printed by rank 0 only
+
+    # the training checkpoint exports to transformers
+    pytest.importorskip("transformers")
+    export = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2v2_pretrain.cli.export",
+            str(tmp_path / "checkpoints" / "last.ckpt"),
+            str(tmp_path / "hf"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert export.returncode == 0, export.stderr
+    from transformers import Wav2Vec2ForPreTraining
+
+    hf = Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf")
+    key = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
+    assert torch.equal(
+        hf.state_dict()[key],
+        ckpt["state_dict"]["model.context_network.layers.0.attention.q_proj.weight"],
+    )
+
+
+def test_update_independent_of_device_layout(tmp_path):
+    """1 process with a batch of 2B and 2 DDP processes with B each make the same update.
+
+    Each utterance's masks, distractors and Gumbel noise come from its own seed, every row
+    masks exactly 20 frames (min_masks=20, span 1), and dropout is off, so both layouts compute
+    the same per-utterance terms. The diversity weight is 0 because code perplexity is a batch
+    statistic computed per device (as in fairseq). SGD makes the update proportional to the
+    gradient, so a wrong loss normalisation would show (Adam's first step would hide it).
+    """
+    manifests = small_manifests(tmp_path, 4)
+    common = [
+        "experiment=demo",
+        f"data.manifest_dir={manifests}",
+        "data.max_sample_size=16000",
+        "data.min_sample_size=16000",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=0",
+        "fixed_noise_seed=7",
+        "model.masking.mask_prob=0",
+        "model.masking.mask_length=1",
+        "model.masking.min_masks=20",
+        "model.dropout_input=0",
+        "model.dropout_features=0",
+        "model.context_network.dropout=0",
+        "model.context_network.attention_dropout=0",
+        "model.objective.diversity_weight=0",
+        "optim.optimizer._target_=torch.optim.SGD",
+        "~optim.optimizer.betas",
+        "~optim.optimizer.eps",
+        "optim.optimizer.lr=0.5",
+        "optim.scheduler.warmup=0",
+        "callbacks.periodic.every_n_train_steps=1",
+    ]
+    one = run_cli(*common, "data.max_tokens=64000", f"hydra.run.dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    # 48000 samples per device: rank 0 gets 3 utterances (60 masked frames), rank 1 gets one
+    # (20), so normalising by each rank's own count would give a different update
+    two = run_cli(
+        *common, "trainer=ddp_cpu", "data.max_tokens=48000", f"hydra.run.dir={tmp_path / 'two'}"
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    # the weights before the update: built in-process exactly as train() builds them
+    import pytorch_lightning as pl
+
+    cfg = compose_cfg([*common, "data.max_tokens=64000"], tmp_path / "init")
+    pl.seed_everything(cfg.seed)
+    before = build(cfg)[1].model.state_dict()
+    a = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
+    moved = 0
+    for key, w0 in before.items():
+        da = a["state_dict"][f"model.{key}"] - w0
+        db = b["state_dict"][f"model.{key}"] - w0
+        scale = da.abs().max().item()
+        if scale == 0:
+            continue
+        moved += 1
+        assert (da - db).abs().max().item() <= 1e-3 * scale + 1e-7, key
+    assert moved > 50
+
+
+@pytest.mark.slow
+def test_demo_experiment_end_to_end(tmp_path):
+    """The main job as `make demo` runs it: finite metrics, no codebook collapse, and the
+    contrastive loss leaves the ln(K+1) plateau by the end."""
+    import math
+
+    proc = run_cli("experiment=demo", f"hydra.run.dir={tmp_path}", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pretraining finished after 600 updates" in proc.stdout
+    logged = scalars(tmp_path)
+    for tag, values in logged.items():
+        if tag != "__images__":
+            assert all(math.isfinite(v) for _, v in values), tag
+    code_ppl = [v for _, v in logged["val/code_perplexity"]]
+    assert min(code_ppl) > 16  # of 2 x 64 entries: no collapse
+    contrastive = [v for _, v in logged["val/contrastive"]]
+    assert contrastive[-1] < math.log(101) - 0.1
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    from w2v2_pretrain.errors import ConfigError
+    from w2v2_pretrain.training.schedules import polynomial_decay, warmup_polynomial
+
+    assert warmup_polynomial(0, 4, 10) == 0.25 and warmup_polynomial(3, 4, 10) == 1.0
+    assert warmup_polynomial(4, 4, 10) == 1.0 and warmup_polynomial(7, 4, 10) == 0.5
+    assert warmup_polynomial(10, 4, 10) == 0.0 and warmup_polynomial(50, 4, 10) == 0.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    sched = polynomial_decay(opt, total_steps=400_000, warmup=0.08)  # fraction: 32k updates
+    lrs = []
+    for _ in range(32_001):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(5e-4 / 32_000) and lrs[31_999] == pytest.approx(5e-4)
+    assert lrs[32_000] == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="total_steps"):
+        polynomial_decay(opt, total_steps=-1)
+    with pytest.raises(ConfigError, match="exceeds total_steps"):
+        polynomial_decay(opt, total_steps=10, warmup=20)

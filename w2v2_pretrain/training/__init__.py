@@ -1,0 +1,1 @@
+"""Lightning at the edge: the pretraining LightningModule, schedules and the train() entry."""

@@ -31,12 +31,30 @@ class Wav2Vec2Loss:
     correct: torch.Tensor
     count: torch.Tensor
     prob_perplexity: torch.Tensor
+    """Perplexity of the batch-averaged softmax (no noise) over the masked frames: the frames
+    fairseq quantizes (transformers averages over the same ones); padding is never masked."""
     code_perplexity: torch.Tensor
+    """The same from hard counts of the chosen codes (at most G*V; logged only)."""
     temperature: torch.Tensor
 
     @property
     def accuracy(self) -> torch.Tensor:
         return self.correct.float() / self.count.float().clamp(min=1)
+
+
+def _draw_excluding(
+    own: torch.Tensor, population: int, num: int, noise: Noise | None, device: torch.device | str
+) -> torch.Tensor:
+    """``num`` uniform draws from ``0 .. population-1`` per position, never ``own``: draw from
+    ``0 .. population-2`` and shift the draws at or above ``own`` up by one.
+
+    Shape:
+        own: (B, M, 1) -> (B, M, num)
+    """
+    B, M, _ = own.shape
+    u = (noise or Noise()).rand((B, M, num), device)
+    idx = (u * (population - 1)).long().clamp(max=population - 2)
+    return idx + (idx >= own).long()
 
 
 def sample_distractors(
@@ -46,10 +64,8 @@ def sample_distractors(
     noise: Noise | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """K distractor indices per masked frame, from the other masked frames of its utterance.
-
-    Draw uniformly from ``0 .. M-2`` and shift the draws at or above the positive's own index up
-    by one, so the positive is never drawn and every other frame is equally likely.
+    """K distractor indices per masked frame, drawn uniformly from the other masked frames of
+    its utterance (never the positive itself).
 
     Shape:
         -> (B, M, K) int64 indices into the same row's M masked frames.
@@ -58,10 +74,8 @@ def sample_distractors(
         raise ValueError(
             f"need at least 2 masked frames per utterance to draw distractors, got {num_masked}"
         )
-    u = (noise or Noise()).rand((batch, num_masked, num_negatives), device)
-    idx = (u * (num_masked - 1)).long().clamp(max=num_masked - 2)
-    own = torch.arange(num_masked, device=device)[None, :, None]
-    return idx + (idx >= own).long()
+    own = torch.arange(num_masked, device=device).view(1, num_masked, 1).expand(batch, -1, -1)
+    return _draw_excluding(own, num_masked, num_negatives, noise, device)
 
 
 def sample_cross_distractors(
@@ -78,10 +92,8 @@ def sample_cross_distractors(
         -> (B, M, K) int64 indices into the flattened (B * M) masked frames.
     """
     total = batch * num_masked
-    u = (noise or Noise()).rand((batch, num_masked, num_negatives), device)
-    idx = (u * (total - 1)).long().clamp(max=total - 2)
     own = torch.arange(total, device=device).view(batch, num_masked, 1)
-    return idx + (idx >= own).long()
+    return _draw_excluding(own, total, num_negatives, noise, device)
 
 
 def gather_distractors(

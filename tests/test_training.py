@@ -64,6 +64,18 @@ FAST = [
 ]
 
 
+def small_manifests(tmp_path: Path, n: int) -> Path:
+    """A manifest folder with the first ``n`` demo utterances for training and validation."""
+    src = (REPO_ROOT / "data" / "manifests" / "train.tsv").read_text().splitlines()
+    root = (REPO_ROOT / "data" / "demo").resolve()
+    out = tmp_path / "manifests"
+    out.mkdir(parents=True)
+    body = "\n".join([str(root), *src[1 : n + 1]]) + "\n"
+    (out / "train.tsv").write_text(body)
+    (out / "valid.tsv").write_text(body)
+    return out
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     overrides = [f"experiment={experiment}", "trainer.accelerator=cpu"]
@@ -110,33 +122,47 @@ def test_bad_override_is_clear_error(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    """Interrupted at update 3 and resumed: step, LR, temperature and the loss curve continue
-    as in an uninterrupted run (same seed), including the data order inside the epoch."""
+    """Interrupted in the middle of an epoch and again at an epoch's end, then resumed: step,
+    LR, temperature and the loss curve continue as in an uninterrupted run (same seed),
+    including the data order inside and across epochs."""
+    manifests = small_manifests(tmp_path, 12)  # 4 batches of 3 utterances per epoch
     common = [
         *FAST,
-        "optim.scheduler.total_steps=6",
+        f"data.manifest_dir={manifests}",
+        "data.max_tokens=120000",
+        "optim.scheduler.total_steps=10",
         "optim.scheduler.warmup=2",
         "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=1000",
-        "callbacks.periodic.every_n_train_steps=3",
+        "callbacks.periodic.every_n_train_steps=1",
+        "callbacks.periodic.save_top_k=1",
         "codebook_image_every=2",
     ]
-    full = compose_cfg([*common, "trainer.max_steps=6"], tmp_path / "full")
-    train(full)
-    first = compose_cfg([*common, "trainer.max_steps=3"], tmp_path / "split")
-    train(first)
-    ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 3
-    second = compose_cfg([*common, "trainer.max_steps=6", "resume=true"], tmp_path / "split")
-    result = train(second)
-    assert result.global_step == 6
+    full = compose_cfg([*common, "trainer.max_steps=10"], tmp_path / "full")
+    import pytorch_lightning as pl
+
+    pl.seed_everything(full.seed, workers=True)  # as train() does
+    datamodule, module, trainer = build(full)
+    datamodule.setup("fit")
+    assert len(datamodule.sampler("train")) == 4
+    trainer.fit(module, datamodule=datamodule)
+    assert datamodule.sampler_of("train").epoch == 2  # reshuffled each epoch
+
+    for stop in (3, 8, 10):  # mid-epoch, end of epoch 1, the end
+        part = compose_cfg(
+            [*common, f"trainer.max_steps={stop}", "resume=true"], tmp_path / "split"
+        )
+        result = train(part)
+        assert result.global_step == stop
+        ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == stop
 
     a, b = scalars(tmp_path / "full"), scalars(tmp_path / "split")
     for tag in ("train/loss", "train/lr", "train/temperature", "train/accuracy"):
         steps_a = dict(a[tag])
         steps_b = dict(b[tag])
-        assert sorted(steps_a) == sorted(steps_b) == list(range(6)), tag
-        for step in range(6):
+        assert sorted(steps_a) == sorted(steps_b) == list(range(10)), tag
+        for step in range(10):
             assert steps_b[step] == pytest.approx(steps_a[step], rel=1e-5, abs=1e-7), (tag, step)
 
     # TensorBoard holds every quantity the README promises, and the codebook picture
@@ -155,10 +181,10 @@ def test_resume_continues_exactly(tmp_path):
         "audio_seconds_per_second",
         "batch_audio_seconds",
     ):
-        assert f"train/{tag}" in a, tag
+        assert f"train/{tag}" in b, tag
     for tag in ("loss", "accuracy", "code_perplexity", "prob_perplexity"):
-        assert f"val/{tag}" in a, tag
-    assert "train/codebook_usage" in a["__images__"]
+        assert f"val/{tag}" in b, tag
+    assert "train/codebook_usage" in b["__images__"]
 
 
 def test_codebook_usage_figure_counts_entries():
@@ -200,18 +226,6 @@ def test_overfit_one_batch_learns(tmp_path):
     acc = [v for _, v in scalars(tmp_path)["train/accuracy"]]
     assert acc[0] < 0.1
     assert max(acc) >= 0.95, acc
-
-
-def small_manifests(tmp_path: Path, n: int) -> Path:
-    """A manifest folder with the first ``n`` demo utterances for training and validation."""
-    src = (REPO_ROOT / "data" / "manifests" / "train.tsv").read_text().splitlines()
-    root = (REPO_ROOT / "data" / "demo").resolve()
-    out = tmp_path / "manifests"
-    out.mkdir(parents=True)
-    body = "\n".join([str(root), *src[1 : n + 1]]) + "\n"
-    (out / "train.tsv").write_text(body)
-    (out / "valid.tsv").write_text(body)
-    return out
 
 
 def test_two_process_ddp_cpu_run(tmp_path):

@@ -146,6 +146,10 @@ class AudioDataModule(pl.LightningDataModule):
         self._samplers[split] = s
         return s
 
+    def sampler_of(self, split: str) -> BucketBatchSampler | None:
+        """The batch sampler of the last loader made for ``split``."""
+        return self._samplers.get(split)
+
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         sampler = self.sampler(split)
@@ -155,7 +159,7 @@ class AudioDataModule(pl.LightningDataModule):
             # `processed`: a checkpoint saved at the end of a batch counts it processed, not yet
             # completed, and Lightning resumes with the next batch index
             progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            sampler.skip = min(progress.processed, len(sampler))
+            sampler.resume(self.trainer.current_epoch, progress.processed)
         return DataLoader(
             self.datasets[split],
             batch_sampler=sampler,

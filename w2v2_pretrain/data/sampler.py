@@ -61,8 +61,12 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = rank
         self.fixed_epoch = fixed_epoch
         self.epoch = fixed_epoch or 0
-        self.skip = 0  # batches of the current epoch already consumed (set on resume)
+        # on resume: batches of epoch `skip_epoch` already trained on (skipped once)
+        self.skip = 0
+        self.skip_epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+        # Lightning sets the epoch through `batch_sampler.sampler.set_epoch` each epoch
+        self.sampler = _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
@@ -97,11 +101,32 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Skip the first ``consumed`` batches the next time ``epoch`` is iterated."""
+        self.skip_epoch, self.skip = epoch, consumed
+
+    def _skip_now(self) -> int:
+        return self.skip if self.epoch == self.skip_epoch else 0
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         mine = self.batches(self.epoch)[self.rank :: self.num_replicas]
-        skip, self.skip = self.skip, 0
+        skip = self._skip_now()
+        if skip:
+            self.skip = 0
         for batch in mine[skip:]:
             yield [(i, self.epoch) for i in batch]
 
     def __len__(self) -> int:
-        return len(self.batches(self.epoch)) // self.num_replicas - self.skip
+        """Batches of the whole epoch for this rank, also while resuming inside it: Lightning
+        counts the batches already trained on as done and stops when this many are."""
+        return len(self.batches(self.epoch)) // self.num_replicas
+
+
+class _EpochHook:
+    """What Lightning finds as ``batch_sampler.sampler``: forwards ``set_epoch`` to the owner."""
+
+    def __init__(self, owner: BucketBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)

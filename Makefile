@@ -39,7 +39,7 @@ format: install ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-tensorboard: install ## serve the TensorBoard logs of every run under $(LOGDIR)
+tensorboard: install ## serve TensorBoard for every run under outputs/ (LOGDIR=DIR for another)
 	$(BIN)/tensorboard --logdir $(LOGDIR) --bind_all
 
 bench: install ## data-loader and masking/distractor benchmarks

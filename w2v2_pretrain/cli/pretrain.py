@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -10,12 +9,11 @@ from omegaconf import DictConfig
 
 from w2v2_pretrain.errors import W2V2Error, one_line
 from w2v2_pretrain.paths import CONFIG_DIR
-from w2v2_pretrain.train import register_configs, train
-
-log = logging.getLogger("w2v2_pretrain")
+from w2v2_pretrain.train import TrainResult, register_configs, train
 
 
-def summary(result, cfg: DictConfig) -> str:
+def summary(result: TrainResult) -> str:
+    """What the user needs after a run: where everything is and the final validation."""
     m = result.val_metrics
     lines = [
         "",
@@ -53,7 +51,7 @@ def _main(cfg: DictConfig) -> None:
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(summary(result, cfg), flush=True)
+        print(summary(result), flush=True)
 
 
 def main() -> None:

@@ -63,6 +63,11 @@ def build(cfg: DictConfig) -> tuple[Any, Any, pl.Trainer]:
     """The data module, the LightningModule and the Trainer (errors are ConfigError)."""
     from w2v2_pretrain.training.module import Wav2Vec2Pretraining
 
+    if OmegaConf.is_missing(cfg.data, "manifest_dir"):
+        raise ConfigError(
+            "data.manifest_dir is required: a folder with train.tsv and valid.tsv "
+            "(make them with `w2v2-manifest AUDIO_ROOT --dest DIR`)"
+        )
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     overfit = bool(cfg.trainer.get("overfit_batches", 0))
     fixed_noise = cfg.get("fixed_noise_seed")
@@ -111,9 +116,9 @@ def train(cfg: DictConfig) -> TrainResult:
     # our batch sampler resumes mid-epoch from the loop's progress (AudioDataModule._loader),
     # so Lightning's generic warning about non-resumable loaders does not apply
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    ckpt_path = find_resume_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
-    ckpt_path = find_resume_checkpoint(cfg)
     if trainer.logger:
         trainer.logger.log_hyperparams(
             {"config": OmegaConf.to_yaml(cfg, resolve=True)}

@@ -82,9 +82,9 @@ def build(cfg: DictConfig) -> tuple[Any, Any, pl.Trainer]:
             scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
             sample_rate=cfg.data.sample_rate,
             fixed_noise_seed=fixed_noise,
-            val_noise_seed=cfg.get("val_noise_seed", 12345),
-            codebook_image_every=cfg.get("codebook_image_every", 500),
-            compile=cfg.get("compile", False),
+            val_noise_seed=cfg.val_noise_seed,
+            codebook_image_every=cfg.codebook_image_every,
+            compile=cfg.compile,
         )
         callbacks = [
             hydra.utils.instantiate(c)

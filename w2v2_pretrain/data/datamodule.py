@@ -75,7 +75,6 @@ class AudioDataModule(pl.LightningDataModule):
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
         self.valid_max_tokens = valid_max_tokens or max_tokens
-        self.collate = Collator(collate)  # validates the mode early
         self.collate_mode = collate
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -186,15 +185,16 @@ class AudioDataModule(pl.LightningDataModule):
 
 def _check_settings(args: dict) -> None:
     """Reject bad values at construction, naming the ``data.`` field."""
-    positive = ("sample_rate", "max_sample_size", "max_tokens")
+    optional = ("max_batch_size", "valid_max_tokens")  # None: no limit of their own
+    positive = ("sample_rate", "max_sample_size", "max_tokens", *optional)
     non_negative = ("min_sample_size", "num_workers", "receptive_field")
-    for name in positive + non_negative + ("max_batch_size", "valid_max_tokens", "seed"):
+    for name in positive + non_negative + ("seed",):
         value = args[name]
-        if value is None and name in ("max_batch_size", "valid_max_tokens"):
+        if value is None and name in optional:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"data.{name}: expected an integer, got {value!r}")
-        if (name in positive or name in ("max_batch_size", "valid_max_tokens")) and value <= 0:
+        if name in positive and value <= 0:
             raise ConfigError(f"data.{name}: must be positive, got {value}")
         if name in non_negative and value < 0:
             raise ConfigError(f"data.{name}: must be >= 0, got {value}")

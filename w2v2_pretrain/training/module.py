@@ -50,7 +50,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.cfg = Wav2Vec2Config.from_dict(model).validate()
+        self.cfg = Wav2Vec2Config.from_dict(model)  # validated by Wav2Vec2Model
         self.model = Wav2Vec2Model(self.cfg)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -81,12 +81,11 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         lengths = batch.lengths if bool((batch.lengths != batch.source.shape[1]).any()) else None
         return self.model(batch.source, lengths, temperature=self.temperature(), noise=noise)
 
-    def _global_masked(self, out: Wav2Vec2Output) -> torch.Tensor:
-        """Masked frames summed over every rank."""
-        total = out.loss.num_masked.float()
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every DDP rank (a collective: every rank must call it)."""
         if self.trainer.world_size > 1:
-            total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
-        return total
+            return self.trainer.strategy.reduce(t.clone(), reduce_op="sum")
+        return t
 
     def _metrics(self, out: Wav2Vec2Output, batch: Batch) -> dict[str, torch.Tensor]:
         """Every logged quantity, computed once; losses per masked frame, in nats."""
@@ -111,10 +110,11 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         if len(batch) == 0:  # every file of the batch was a skipped bad file
             return None
         out = self._forward(batch, self.fixed_noise_seed)
-        loss = out.loss.total * self.trainer.world_size / self._global_masked(out)
+        masked = self._sum_over_ranks(out.loss.num_masked.float())
+        loss = out.loss.total * self.trainer.world_size / masked
 
         metrics = {f"train/{k}": v for k, v in self._metrics(out, batch).items()}
-        metrics["train/temperature"] = torch.tensor(self.temperature())
+        metrics["train/temperature"] = out.loss.temperature
         metrics["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
         if self._last_batch_end is not None:
@@ -132,15 +132,14 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             self.log(k, v.float(), batch_size=B, prog_bar=k in prog, sync_dist=False)
 
         G, V = self.cfg.quantizer.num_groups, self.cfg.quantizer.num_vars
-        codes = out.codes.reshape(-1, G)
-        for g in range(G):
-            self.code_counts[g] += torch.bincount(codes[:, g], minlength=V).float()
+        flat = (out.codes.reshape(-1, G) + torch.arange(G, device=out.codes.device) * V).flatten()
+        self.code_counts += torch.bincount(flat, minlength=G * V).view(G, V).float()
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         every = self.codebook_image_every
         step = self.global_step
-        if every and step % every == 0 and step > 0 and self.code_counts.sum() > 0:
+        if every and step % every == 0 and step > 0:
             self._log_codebook_usage()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -166,10 +165,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
 
     def _log_codebook_usage(self) -> None:
         """A picture of how often each codebook entry was chosen since the last picture."""
-        counts = self.code_counts.clone()
+        counts = self._sum_over_ranks(self.code_counts.clone())
         self.code_counts.zero_()
-        if self.trainer.world_size > 1:
-            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
             fig = codebook_usage_figure(counts.cpu().numpy(), self.global_step)

@@ -9,7 +9,11 @@ explicitly:
   ``feature_grad_mult``;
 - in eval mode transformers' diversity term uses the hard one-hot code distribution (our
   ``code_perplexity``), in training the softmax (our ``prob_perplexity``); we always use the
-  softmax, as fairseq does.
+  softmax, as fairseq does;
+- perplexities use fairseq's ``avg * log(avg + 1e-7)`` (finite gradient at zero probabilities)
+  where transformers uses ``xlogy``: each codebook's entropy differs by at most V * 1e-7 nats, so
+  perplexities and the diversity term are compared within 1e-5 + V * 1e-7 (2.2e-5 for BASE's 320
+  entries).
 """
 
 from __future__ import annotations
@@ -109,8 +113,9 @@ def test_same_weights_same_outputs(name):
 
     # diversity: transformers in eval uses the hard code distribution = our code perplexity
     GV = cfg.quantizer.num_groups * cfg.quantizer.num_vars
-    close(out.loss.code_perplexity, hf_out.codevector_perplexity)
-    close((GV - out.loss.code_perplexity) / GV * 3 * M, hf_out.diversity_loss)
+    ppl_rtol = 1e-5 + cfg.quantizer.num_vars * 1e-7  # fairseq's epsilon against xlogy
+    close(out.loss.code_perplexity, hf_out.codevector_perplexity, ppl_rtol)
+    close((GV - out.loss.code_perplexity) / GV * 3 * M, hf_out.diversity_loss, ppl_rtol)
     # and its training-mode softmax perplexity equals our prob perplexity
     feats = theirs.wav2vec2.feature_projection.layer_norm(
         theirs.wav2vec2.feature_extractor(source).transpose(1, 2)
@@ -118,12 +123,12 @@ def test_same_weights_same_outputs(name):
     probs = torch.softmax(
         theirs.quantizer.weight_proj(feats).view(3 * T, cfg.quantizer.num_groups, -1), -1
     )
-    close(out.loss.prob_perplexity, theirs.quantizer._compute_perplexity(probs, mask))
+    close(out.loss.prob_perplexity, theirs.quantizer._compute_perplexity(probs, mask), ppl_rtol)
     close(out.loss.prob_perplexity, perplexity(probs[mask.flatten()]))
 
     # transformers has no feature penalty: its loss is ours without that term
     expected = out.loss.contrastive + cfg.objective.diversity_weight * hf_out.diversity_loss
-    close(hf_out.loss, expected)
+    close(hf_out.loss, expected, ppl_rtol)
     if cfg.objective.feature_penalty_weight:
         assert out.loss.total > expected
         close(

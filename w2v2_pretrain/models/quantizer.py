@@ -28,17 +28,24 @@ class QuantizerOutput:
     code_perplexity: torch.Tensor
 
 
+PERPLEXITY_EPS = 1e-7
+"""Added inside the log of the entropy, as fairseq (``avg * log(avg + 1e-7)``): the gradient stays
+finite where an entry's mean probability is exactly 0 (``xlogy`` back-propagates NaN there once
+a softmax underflows). It lowers each codebook's entropy by at most V * 1e-7 nats."""
+
+
 def perplexity(probs: torch.Tensor) -> torch.Tensor:
     """Sum over codebooks of exp(entropy) of the mean distribution.
 
-    Entropy uses ``xlogy`` (0 log 0 = 0), as transformers does; fairseq adds 1e-7 inside the
-    log, which changes the entropy by at most V * 1e-7.
+    Entropy as fairseq: ``-sum(avg * log(avg + PERPLEXITY_EPS))``, finite in value and gradient
+    for any probabilities, exact zeros included. transformers uses ``xlogy`` (NaN gradient at
+    zeros); the two differ by at most V * 1e-7 in each codebook's entropy.
 
     Shape:
         probs: (N, G, V) -> ()
     """
     avg = probs.float().mean(dim=0)
-    return torch.exp(-torch.xlogy(avg, avg).sum(-1)).sum()
+    return torch.exp(-(avg * torch.log(avg + PERPLEXITY_EPS)).sum(-1)).sum()
 
 
 class GumbelQuantizer(nn.Module):

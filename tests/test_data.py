@@ -10,10 +10,11 @@ from conftest import write_tone
 
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.data.dataset import AudioDataset, Collator, check_manifest
+from w2v2_pretrain.data.dataset import AudioDataset, BadFile, Collator, check_manifest
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
-from w2v2_pretrain.errors import DataError, one_line
+from w2v2_pretrain.errors import ConfigError, DataError, one_line
+from w2v2_pretrain.models.feature_encoder import frame_lengths
 
 
 def manifest_of(tmp_path, files: dict[str, float], **kw):
@@ -91,8 +92,52 @@ def test_collate_crop_and_pad_shapes(tmp_path):
     assert pad.padding_mask.sum(1).tolist() == [0, 8000, 4000]
     assert (pad.source[1, 8000:] == 0).all()
     np.testing.assert_array_equal(pad.source[2, :12_000].numpy(), items[2].wav)
-    with pytest.raises(DataError, match="data.collate"):
+    assert pad.padded and not crop.padded  # known on the host, without reading lengths back
+    with pytest.raises(ConfigError, match="data.collate: expected one of 'crop', 'pad'"):
         Collator("trim")
+
+
+def test_aligned_crops_start_on_frame_boundaries(tmp_path):
+    """crop_alignment=320: every random crop starts at a multiple of the encoder's stride, so
+    a stretch of audio maps to the same frames (and targets) whenever it is seen."""
+    m = manifest_of(tmp_path, {"1/1/a.flac": 3.0, "1/1/b.flac": 2.1})
+    full = AudioDataset(m)[0].wav
+    ds = AudioDataset(m, max_sample_size=16_000, seed=3, crop_alignment=320)
+    starts = set()
+    for epoch in range(20):
+        w = ds[(0, epoch)].wav
+        start = int(
+            np.flatnonzero(np.isclose(full, w[0]) & np.isclose(np.roll(full, -1), w[1]))[0]
+        )
+        assert start % 320 == 0
+        starts.add(start)
+        batch = Collator("crop", crop_alignment=320)([ds[(0, epoch)], ds[(1, epoch)]])
+        assert batch.source.shape[1] == 16_000
+    assert len(starts) > 5
+
+
+def test_collator_plans_masks_per_utterance(tmp_path):
+    """The planner draws each utterance's masks from (seed, epoch, utterance): the same in any
+    batch, new each epoch, and valid (equal counts, never on padding)."""
+    from w2v2_pretrain.data.dataset import MaskPlanner
+    from w2v2_pretrain.models import preset
+
+    m = manifest_of(tmp_path, {"a.flac": 2.0, "b.flac": 2.0, "c.flac": 1.5})
+    ds = AudioDataset(m)
+    planner = MaskPlanner.for_model(preset("tiny"), seed=4)
+    collate = Collator("pad", planner=planner)
+    ab = collate([ds[(0, 0)], ds[(1, 0)]])
+    ba = collate([ds[(1, 0)], ds[(0, 0)]])
+    assert torch.equal(ab.plan.mask, ba.plan.mask[[1, 0]])
+    assert not torch.equal(ab.plan.mask, collate([ds[(0, 1)], ds[(1, 1)]]).plan.mask)
+    padded = collate([ds[(0, 0)], ds[(2, 0)]])
+    frames = padded.plan.mask.shape[1]
+    short = int(frame_lengths(torch.tensor([24_000]), preset("tiny").feature_encoder.conv_layers))
+    assert not padded.plan.mask[1, short:].any() and frames > short
+    M = padded.plan.num_masked
+    assert padded.plan.mask.sum(1).tolist() == [M, M]
+    assert (padded.plan.mask.gather(1, padded.plan.indices)).all()
+    assert padded.plan.distractors.shape == (2, M, preset("tiny").objective.num_negatives)
 
 
 # --- bucketing sampler -----------------------------------------------------------------------
@@ -204,17 +249,45 @@ def test_each_bad_file_is_named(tmp_path, name, line, cause):
 
 
 def test_truncated_flac_is_caught_when_decoded(tmp_path):
-    """A FLAC cut short keeps its header (the header pass cannot tell); decoding fails."""
+    """A FLAC cut short keeps its header (the header pass cannot tell): verify=decode finds it
+    at setup, and the dataset reports it as a bad file instead of raising in a worker."""
     m = broken_corpus(tmp_path)
     i = [e.path for e in m.entries].index("trunc.flac")
-    check_manifest(m.select([i]), 0, 400)
-    with pytest.raises(DataError, match=r"train.tsv:4 .*trunc.flac\): unreadable audio"):
-        AudioDataset(m)[i]
+    check_manifest(m.select([i]), 0, 400)  # the header pass cannot tell
+    with pytest.raises(DataError, match=r"train.tsv:4 .*trunc.flac\): cannot be decoded"):
+        check_manifest(m.select([i]), 0, 400, verify="decode")
+    bad = AudioDataset(m)[i]
+    assert isinstance(bad, BadFile) and "train.tsv:4" in bad.where
+    assert bad.reason.startswith("unreadable audio")
+
+
+def test_decode_check_finds_nan_and_silent_audio(tmp_path):
+    root = tmp_path / "audio"
+    write_tone(root / "good.flac", 1.0)
+    sf.write(root / "nan.wav", np.full(16_000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    sf.write(root / "inf.wav", np.full(16_000, np.inf, dtype=np.float32), 16_000, subtype="FLOAT")
+    sf.write(root / "zero.flac", np.zeros(16_000, dtype=np.float32), 16_000)
+    (tmp_path / "train.tsv").write_text(
+        f"{root}\n"
+        + "".join(f"{n}\t16000\n" for n in ("good.flac", "nan.wav", "inf.wav", "zero.flac"))
+    )
+    m = read_manifest(tmp_path / "train.tsv")
+    kept, dropped, skipped = check_manifest(m, 0, 400, verify="header", on_bad_file="skip")
+    assert len(kept) == 4 and not dropped  # headers are fine
+    kept, dropped, skipped = check_manifest(m, 0, 400, verify="decode", on_bad_file="skip")
+    assert [e.path for e in kept.entries] == ["good.flac"]
+    assert dropped == {"non-finite": 2, "silent": 1}
+    assert any("nan.wav): contains NaN or Inf samples" in s for s in skipped)
+    assert any("zero.flac): all-zero audio" in s for s in skipped)
+    # met in training instead (no decode check): left out of the batch and named
+    ds = AudioDataset(m)
+    batch = Collator("pad")([ds[i] for i in range(4)])
+    assert batch.ids.tolist() == [0] and len(batch.bad_files) == 3
 
 
 def test_skip_policy_counts_each_reason(tmp_path):
     m = broken_corpus(tmp_path)
-    kept, dropped = check_manifest(m, 0, 400, on_bad_file="skip")
+    kept, dropped, skipped = check_manifest(m, 0, 400, on_bad_file="skip")
     # trunc.flac's header is intact: it passes the header pass and is skipped when decoded
     assert [e.path for e in kept.entries] == ["good.flac", "trunc.flac"]
     assert dropped == {
@@ -224,14 +297,16 @@ def test_skip_policy_counts_each_reason(tmp_path):
         "too short": 1,
         "wrong length": 2,
     }
-    ds = AudioDataset(kept, skip_bad=True)
+    assert len(skipped) == 6 and all("train.tsv:" in s for s in skipped)
+    ds = AudioDataset(kept)
     batch = Collator("pad")([ds[0], ds[1]])
     assert batch.ids.tolist() == [0] and batch.source.shape == (1, 16_000)
+    assert len(batch.bad_files) == 1 and "trunc.flac): unreadable audio" in batch.bad_files[0]
 
 
 def test_min_sample_size_drops_are_counted(tmp_path):
     m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 3.0, "c.flac": 0.5})
-    kept, dropped = check_manifest(m, 20_000, 400)
+    kept, dropped, _ = check_manifest(m, 20_000, 400)
     assert [e.path for e in kept.entries] == ["b.flac"]
     assert dropped == {"shorter than min_sample_size=20000": 2}
 
@@ -260,15 +335,27 @@ def test_datamodule_loads_manifest_folder(librispeech_tree, tmp_path):
     assert next(iter(dm.val_dataloader())).source.shape[1] <= 32_000
 
 
-def test_worker_error_is_one_line(tmp_path):
+def test_file_broken_after_setup_is_reported_by_the_loader(tmp_path):
+    """A file that breaks after the setup check reaches the step as a named bad file, from a
+    real worker process, instead of killing the loader."""
     m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 1.0})
-    (m.root / "b.flac").write_bytes(b"garbage")
     (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
     dm = AudioDataModule(
-        str(tmp_path), min_sample_size=0, max_tokens=64_000, num_workers=1, verify=False
+        str(tmp_path), min_sample_size=0, max_sample_size=16_000, max_tokens=64_000, num_workers=1
     )
     dm.setup("fit")
-    with pytest.raises(DataError) as e:
-        list(dm.train_dataloader())
-    line = one_line(e.value)
-    assert line.startswith(f"{tmp_path / 'train.tsv'}:3 (") and "unreadable audio" in line
+    (m.root / "b.flac").write_bytes(b"garbage")
+    batches = list(dm.train_dataloader())
+    assert sum(len(b) for b in batches) == 1
+    bad = [entry for b in batches for entry in b.bad_files]
+    assert len(bad) == 1 and bad[0].startswith(f"{tmp_path / 'train.tsv'}:3 (")
+    assert "unreadable audio" in bad[0] and "\n" not in bad[0]
+
+
+def test_worker_error_is_one_line():
+    """A project error re-raised by a DataLoader worker still prints as its own first line."""
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        "call last):\n  File x\nw2v2_pretrain.errors.DataError: train.tsv:3 (b.flac): bad"
+    )
+    assert one_line(wrapped) == "train.tsv:3 (b.flac): bad"

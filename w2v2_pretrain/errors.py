@@ -13,6 +13,10 @@ class ConfigError(W2V2Error, ValueError):
     """A configuration value that is out of range or inconsistent."""
 
 
+class TrainingError(W2V2Error):
+    """A run that cannot go on (e.g. repeated non-finite updates); a checkpoint was written."""
+
+
 def one_line(exc: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it.
 

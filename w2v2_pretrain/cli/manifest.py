@@ -27,7 +27,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="split seed (default: 42)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="drop shorter files")
     p.add_argument("--max-seconds", type=float, default=None, help="drop longer files")
-    p.add_argument("--workers", type=int, default=8, help="threads reading headers")
+    p.add_argument("--workers", type=int, default=8, help="threads reading the files")
+    p.add_argument(
+        "--verify",
+        choices=["header", "decode"],
+        default="header",
+        help="header: read headers only (fast); decode: decode every file in full, which also "
+        "finds truncated FLACs (their header is intact), NaN/Inf and all-zero audio",
+    )
     p.add_argument(
         "--strict",
         action="store_true",
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         progress=not args.quiet,
         relative_root=args.relative_root,
+        decode=args.verify == "decode",
     )
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)

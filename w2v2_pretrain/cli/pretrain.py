@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from w2v2_pretrain.errors import W2V2Error, one_line
+from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.paths import CONFIG_DIR
 from w2v2_pretrain.train import TrainResult, register_configs, train
 
+EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
+
 
 def summary(result: TrainResult) -> str:
-    """What the user needs after a run: where everything is and the final validation."""
+    """What the user needs after a run: where everything is, the final validation beside
+    chance, and any run-health warnings."""
     m = result.val_metrics
+    how = (
+        f"stopped by {result.stopped_by} after {result.global_step} updates (checkpointed; "
+        "continue with resume=true and the same hydra.run.dir)"
+        if result.stopped_by
+        else f"finished after {result.global_step} updates"
+    )
     lines = [
         "",
-        f"pretraining finished after {result.global_step} updates",
+        f"pretraining {how}",
         f"  run folder:   {result.output_dir}",
         f"  checkpoints:  {result.checkpoint_dir} (last: "
         f"{result.last_checkpoint.name if result.last_checkpoint else '-'}, best: "
@@ -25,16 +35,24 @@ def summary(result: TrainResult) -> str:
         f"  config:       {result.output_dir / '.hydra' / 'config.yaml'}",
     ]
     if m:
+        contrastive = m.get("val/contrastive", float("nan"))
         lines.append(
             "  validation:   loss {:.3f}  contrastive {:.3f}  accuracy {:.3f}  "
             "code ppl {:.1f}  prob ppl {:.1f}".format(
                 m.get("val/loss", float("nan")),
-                m.get("val/contrastive", float("nan")),
+                contrastive,
                 m.get("val/accuracy", float("nan")),
                 m.get("val/code_perplexity", float("nan")),
                 m.get("val/prob_perplexity", float("nan")),
             )
         )
+        lines.append(
+            f"  chance:       contrastive {result.chance:.3f} nats = ln(K+1); this run "
+            f"{result.chance - contrastive:+.3f} below it. In bits, as fairseq logs: "
+            f"{contrastive / math.log(2):.3f} (chance {result.chance / math.log(2):.3f})"
+        )
+    for w in result.warnings:
+        lines.append(f"  warning:      {w}")
     lines.append(
         f"  TensorBoard:  tensorboard --logdir {result.output_dir}  (or: make tensorboard)"
     )
@@ -42,16 +60,15 @@ def summary(result: TrainResult) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@friendly_errors
 def _main(cfg: DictConfig) -> None:
-    try:
-        result = train(cfg)
-    except W2V2Error as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    result = train(cfg)
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
         print(summary(result), flush=True)
+    if result.stopped_by == "SIGTERM":
+        sys.exit(EXIT_SIGTERM)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,69 @@ import soundfile as sf
 import torch
 
 from w2v2_pretrain.errors import DataError
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds: frames and rate (at the file's own rate)."""
+
+    frames: int
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class AudioProblem:
+    """Why a file cannot be used: a short kind (for counts) and a one-line detail."""
+
+    kind: str
+    detail: str
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def sample_problem(wav: np.ndarray, allow_silence: bool = False) -> AudioProblem | None:
+    """Why these samples cannot be learned from (non-finite or all zero), or None."""
+    if not np.isfinite(wav).all():
+        return AudioProblem("non-finite", "contains NaN or Inf samples")
+    if not allow_silence and not wav.any():
+        return AudioProblem("silent", "all-zero audio (digital silence)")
+    return None
+
+
+def inspect_audio(path: str | Path, decode: bool = False) -> AudioInfo | AudioProblem:
+    """The file's frames and rate, or why it cannot be used.
+
+    Reads the header only, or with ``decode`` every sample: a FLAC cut short keeps a valid
+    header and fails only when decoded, and NaN/Inf or all-zero samples show only then.
+    """
+    path = str(path)
+    try:
+        info = sf.info(path)
+    except Exception as e:  # libsndfile's message says what is wrong with the file
+        if not Path(path).exists():
+            return AudioProblem("missing", "file not found")
+        return AudioProblem("unreadable", f"unreadable audio: {_reason(e)}")
+    if info.frames <= 0:
+        return AudioProblem("empty", "empty audio (0 samples)")
+    if decode:
+        try:
+            wav, _ = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as e:
+            return AudioProblem(
+                "undecodable", f"cannot be decoded: {_reason(e)} (truncated or corrupt?)"
+            )
+        if len(wav) != info.frames:
+            return AudioProblem(
+                "undecodable",
+                f"header says {info.frames} samples but {len(wav)} decode (truncated?)",
+            )
+        problem = sample_problem(wav)
+        if problem:
+            return problem
+    return AudioInfo(info.frames, info.samplerate)
 
 
 def read_audio(
@@ -39,9 +103,8 @@ def read_audio(
     except FileNotFoundError:
         raise DataError(f"{where}: file not found") from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"{where}: unreadable audio: {reason} (corrupt, truncated or not audio?)"
+            f"{where}: unreadable audio: {_reason(e)} (corrupt, truncated or not audio?)"
         ) from None
     frames, channels = wav.shape
     if frames == 0:

@@ -9,10 +9,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from w2v2_pretrain.data.dataset import AudioDataset, Collator, check_manifest
+from w2v2_pretrain.data.dataset import (
+    AudioDataset,
+    BadFilePolicy,
+    CollateMode,
+    Collator,
+    MaskPlanner,
+    VerifyLevel,
+    check_manifest,
+)
 from w2v2_pretrain.data.manifest import read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
 from w2v2_pretrain.errors import ConfigError, DataError
+from w2v2_pretrain.models.config import Wav2Vec2Config
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +42,18 @@ class AudioDataModule(pl.LightningDataModule):
         valid_max_tokens: budget for validation batches (default: ``max_tokens``).
         collate: ``crop`` to the shortest in the batch (fairseq default) or ``pad``.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
-        seed: drives bucketing tie-breaks, batch order and random crops.
-        verify: read every header at setup (catches corrupt, empty, truncated files early).
-        on_bad_file: ``error`` stops at the first bad file; ``skip`` drops, counts and logs.
+        seed: drives bucketing tie-breaks, batch order, random crops, masks and distractors.
+        verify: at setup, ``none``, ``header`` (read every header: corrupt, empty, wrong-length
+            files) or ``decode`` (decode every file: also truncated FLACs, NaN/Inf, silence).
+        on_bad_file: ``skip`` (default) drops a bad file, names it in the log and in the run's
+            ``bad_files.tsv`` and counts it; ``error`` stops at the first (in training, with a
+            checkpoint).
+        crop_alignment: random crops start at multiples of this many samples (1: anywhere, as
+            fairseq; 320, the feature encoder's stride: a stretch of audio always maps to the
+            same frames).
+        audio_per_update: audio per optimizer update, e.g. ``1.6h``, ``96min`` or ``5600s``
+            (a number means seconds); training derives the gradient accumulation from it and
+            the devices. None: ``trainer.accumulate_grad_batches`` as set.
         receptive_field: samples the feature encoder needs for one frame (set from the model).
 
     ``fixed_order = True`` (set by training when overfitting one batch) serves epoch 0's
@@ -54,13 +72,15 @@ class AudioDataModule(pl.LightningDataModule):
         max_tokens: int = 1_400_000,
         max_batch_size: int | None = None,
         valid_max_tokens: int | None = None,
-        collate: str = "crop",
+        collate: CollateMode | str = CollateMode.crop,
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = False,
         seed: int = 1,
-        verify: bool = True,
-        on_bad_file: str = "error",
+        verify: VerifyLevel | bool | str = VerifyLevel.header,
+        on_bad_file: BadFilePolicy | str = BadFilePolicy.skip,
+        crop_alignment: int = 1,
+        audio_per_update: float | str | None = None,
         receptive_field: int = 400,
     ) -> None:
         super().__init__()
@@ -75,18 +95,37 @@ class AudioDataModule(pl.LightningDataModule):
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
         self.valid_max_tokens = valid_max_tokens or max_tokens
-        self.collate_mode = collate
+        self.collate_mode = CollateMode.parse(collate, "data.collate")
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
-        self.verify = verify
-        self.on_bad_file = on_bad_file
+        self.verify = VerifyLevel.parse(verify, "data.verify")
+        self.on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
+        self.crop_alignment = crop_alignment
+        self.audio_per_update = parse_audio_amount(audio_per_update, "data.audio_per_update")
         self.receptive_field = receptive_field
         self.fixed_order = False
+        self.bad_files_log: Path | None = None  # the run's bad_files.tsv (set by training)
+        self.planners: dict[str, MaskPlanner] = {}
         self.datasets: dict[str, AudioDataset] = {}
         self.dropped: dict[str, dict[str, int]] = {}
+        self.skipped: dict[str, list[str]] = {}
         self._samplers: dict[str, BucketBatchSampler] = {}
+
+    def plan_masks_for(
+        self, model: Wav2Vec2Config, train_seed: int, fixed: bool, val_seed: int
+    ) -> None:
+        """Draw masks and distractors in the loaders (not on the device), as ``model`` would.
+
+        Training draws anew each epoch from (``train_seed``, epoch, utterance), or the same
+        every epoch when ``fixed``; validation always the same, from ``val_seed``.
+        """
+        self.receptive_field = model.receptive_field
+        self.planners = {
+            "train": MaskPlanner.for_model(model, train_seed, per_epoch=not fixed),
+            "valid": MaskPlanner.for_model(model, val_seed, per_epoch=False),
+        }
 
     def _load(self, split: str) -> AudioDataset:
         if split in self.datasets:
@@ -94,14 +133,20 @@ class AudioDataModule(pl.LightningDataModule):
         if not self.manifest_dir.is_dir():
             raise DataError(f"data.manifest_dir: {self.manifest_dir} is not a directory")
         path = self.manifest_dir / f"{split}.tsv"
-        manifest, dropped = check_manifest(
+        manifest, dropped, skipped = check_manifest(
             read_manifest(path),
             self.min_sample_size,
             self.receptive_field,
             verify=self.verify,
             on_bad_file=self.on_bad_file,
+            progress=self.verify == VerifyLevel.decode,
         )
         self.dropped[split] = dict(dropped)
+        self.skipped[split] = skipped
+        if skipped and self.bad_files_log is not None and self._world()[1] == 0:
+            self.bad_files_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.bad_files_log, "a") as f:
+                f.writelines(f"setup\t{entry}\n" for entry in skipped)
         ds = AudioDataset(
             manifest,
             self.sample_rate,
@@ -111,7 +156,7 @@ class AudioDataModule(pl.LightningDataModule):
             max_sample_size=self.max_sample_size,
             train=split == "train",
             seed=self.seed,
-            skip_bad=self.on_bad_file == "skip",
+            crop_alignment=self.crop_alignment,
         )
         hours = sum(e.num_samples for e in manifest.entries) / self.sample_rate / 3600
         log.info("%s: %d utterances, %.2f h", path, len(ds), hours)
@@ -162,7 +207,12 @@ class AudioDataModule(pl.LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_sampler=sampler,
-            collate_fn=Collator(self.collate_mode, train=train),
+            collate_fn=Collator(
+                self.collate_mode,
+                train=train,
+                planner=self.planners.get(split),
+                crop_alignment=self.crop_alignment,
+            ),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
@@ -183,10 +233,32 @@ class AudioDataModule(pl.LightningDataModule):
         return self._loader("valid")
 
 
+def parse_audio_amount(value: float | str | None, field: str) -> float | None:
+    """Seconds of audio from ``5600``, ``5600s``, ``96min``/``96m`` or ``1.6h`` (None stays)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    units = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+    scale = 1.0
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)].strip(), factor
+            break
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        raise ConfigError(
+            f"{field}: expected an amount of audio such as 1.6h, 96min or 5600s, got {value!r}"
+        ) from None
+    if not seconds > 0:
+        raise ConfigError(f"{field}: must be positive, got {value!r}")
+    return seconds
+
+
 def _check_settings(args: dict) -> None:
     """Reject bad values at construction, naming the ``data.`` field."""
     optional = ("max_batch_size", "valid_max_tokens")  # None: no limit of their own
-    positive = ("sample_rate", "max_sample_size", "max_tokens", *optional)
+    positive = ("sample_rate", "max_sample_size", "max_tokens", "crop_alignment", *optional)
     non_negative = ("min_sample_size", "num_workers", "receptive_field")
     for name in positive + non_negative + ("seed",):
         value = args[name]
@@ -203,9 +275,10 @@ def _check_settings(args: dict) -> None:
             f"data.min_sample_size ({args['min_sample_size']}) exceeds "
             f"data.max_sample_size ({args['max_sample_size']})"
         )
-    if args["on_bad_file"] not in ("error", "skip"):
-        raise ConfigError(
-            f"data.on_bad_file: expected 'error' or 'skip', got {args['on_bad_file']!r}"
-        )
-    if args["collate"] not in ("crop", "pad"):
-        raise ConfigError(f"data.collate: expected 'crop' or 'pad', got {args['collate']!r}")
+    for budget in ("max_tokens", "valid_max_tokens"):
+        if args[budget] is not None and args[budget] < args["max_sample_size"]:
+            raise ConfigError(
+                f"data.{budget} ({args[budget]}) is below data.max_sample_size "
+                f"({args['max_sample_size']}): a clip cropped to max_sample_size would not fit "
+                "a batch; raise it or lower max_sample_size"
+            )

@@ -9,31 +9,62 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+from w2v2_pretrain.choice import Choice
+from w2v2_pretrain.data.audio import AudioInfo, inspect_audio, read_audio, sample_problem
 from w2v2_pretrain.data.audio import normalize as normalize_wav
-from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.manifest import Manifest
 from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.models.config import Wav2Vec2Config
+from w2v2_pretrain.models.feature_encoder import frame_lengths
+from w2v2_pretrain.models.masking import MaskPlan, draw_mask_plan
+from w2v2_pretrain.models.noise import PerUtteranceNoise
 
 log = logging.getLogger(__name__)
 
 
+class CollateMode(Choice):
+    """How a batch of different lengths becomes one tensor (``data.collate``)."""
+
+    crop = "crop"
+    """Crop every clip to the shortest (fairseq's pretraining default: no padding)."""
+    pad = "pad"
+    """Zero-pad to the longest and pass the lengths (the model masks the padding)."""
+
+
+class BadFilePolicy(Choice):
+    """What a file that cannot be used does to the run (``data.on_bad_file``)."""
+
+    error = "error"
+    """Stop, naming the file (in training: with a checkpoint to resume from)."""
+    skip = "skip"
+    """Drop it, name it in the log and in ``bad_files.tsv``, count it, go on."""
+
+
 @dataclass
 class Batch:
-    """A collated batch of raw audio.
+    """A collated batch of raw audio, with everything the step needs decided on the host.
 
     Shape:
         source: (B, L) float32 samples, zero-padded past each row's length.
         lengths: (B,) int64 valid samples per row.
         ids: (B,) int64 index of each utterance in its manifest.
+        plan: masked frames and distractors (`MaskPlan`), drawn by the collator; None when no
+            planner was given (the model then draws them).
+        padded: True when some row is shorter than L (known without reading ``lengths`` back
+            from the device).
+        bad_files: ``where: reason`` of each file of this batch that could not be decoded and
+            was left out (``data.on_bad_file``).
     """
 
     source: torch.Tensor
     lengths: torch.Tensor
     ids: torch.Tensor
+    plan: MaskPlan | None = None
+    padded: bool = False
+    bad_files: tuple[str, ...] = ()
 
     @property
     def padding_mask(self) -> torch.Tensor:
@@ -45,7 +76,14 @@ class Batch:
         return self.source.shape[0]
 
     def pin_memory(self) -> Batch:
-        return Batch(self.source.pin_memory(), self.lengths.pin_memory(), self.ids.pin_memory())
+        return Batch(
+            self.source.pin_memory(),
+            self.lengths.pin_memory(),
+            self.ids.pin_memory(),
+            self.plan.pin_memory() if self.plan is not None else None,
+            self.padded,
+            self.bad_files,
+        )
 
 
 @dataclass
@@ -57,11 +95,76 @@ class Utterance:
     seed: tuple[int, int, int]
 
 
-def crop_start(length: int, target: int, seed: tuple[int, ...] | None) -> int:
-    """Start of a ``target``-long window: random for a seed (training), 0 without (validation)."""
+@dataclass
+class BadFile:
+    """An item that could not be decoded, left for the collator to report."""
+
+    index: int
+    where: str
+    reason: str
+
+
+def crop_start(length: int, target: int, seed: tuple[int, ...] | None, align: int = 1) -> int:
+    """Start of a ``target``-long window: random for a seed (training), 0 without (validation).
+
+    ``align`` > 1 draws only starts that are multiples of it: with the feature encoder's stride
+    (320) a stretch of audio maps to the same frames, and so to the same targets, every time.
+    """
     if length <= target or seed is None:
         return 0
-    return int(np.random.default_rng(seed).integers(0, length - target + 1))
+    choices = (length - target) // align + 1
+    return align * int(np.random.default_rng(seed).integers(0, choices))
+
+
+@dataclass(frozen=True)
+class MaskPlanner:
+    """Draws each batch's `MaskPlan` in the data loader, from the model's masking settings.
+
+    Every draw of an utterance comes from a generator seeded by (seed, epoch, utterance), so the
+    masks and distractors do not depend on the batch, rank or worker it lands in, and a resumed
+    run draws what the uninterrupted run drew. ``per_epoch=False`` draws the same every epoch
+    (validation, and a fixed noise seed for overfitting one batch).
+    """
+
+    conv_layers: tuple[tuple[int, int, int], ...]
+    mask_prob: float
+    mask_length: int
+    min_masks: int
+    num_negatives: int
+    cross_sample_negatives: int
+    seed: int
+    per_epoch: bool = True
+
+    @classmethod
+    def for_model(cls, cfg: Wav2Vec2Config, seed: int, per_epoch: bool = True) -> MaskPlanner:
+        mk, ob = cfg.masking, cfg.objective
+        return cls(
+            conv_layers=tuple(tuple(c) for c in cfg.feature_encoder.conv_layers),
+            mask_prob=mk.mask_prob,
+            mask_length=mk.mask_length,
+            min_masks=mk.min_masks,
+            num_negatives=ob.num_negatives,
+            cross_sample_negatives=ob.cross_sample_negatives,
+            seed=seed,
+            per_epoch=per_epoch,
+        )
+
+    def __call__(self, lengths: torch.Tensor, width: int, items: list[Utterance]) -> MaskPlan:
+        """The plan of a batch whose rows hold ``lengths`` of ``width`` samples."""
+        layers = [list(c) for c in self.conv_layers]
+        frames = frame_lengths(lengths, layers)
+        num_frames = int(frame_lengths(torch.tensor([width]), layers)[0])
+        keys = [(u.seed[1], u.index) if self.per_epoch else (u.index,) for u in items]
+        return draw_mask_plan(
+            frames,
+            num_frames,
+            mask_prob=self.mask_prob,
+            mask_length=self.mask_length,
+            min_masks=self.min_masks,
+            num_negatives=self.num_negatives,
+            cross_sample_negatives=self.cross_sample_negatives,
+            noise=PerUtteranceNoise(keys, self.seed),
+        )
 
 
 class AudioDataset(Dataset):
@@ -82,10 +185,10 @@ class AudioDataset(Dataset):
         max_sample_size: int | None = None,
         train: bool = True,
         seed: int = 1,
-        skip_bad: bool = False,
+        crop_alignment: int = 1,
     ) -> None:
         self.manifest = manifest
-        self.skip_bad = skip_bad
+        self.crop_alignment = crop_alignment
         self.sample_rate = sample_rate
         self.resample = resample
         self.downmix = downmix
@@ -105,10 +208,12 @@ class AudioDataset(Dataset):
             sizes = np.minimum(sizes, self.max_sample_size)
         return sizes
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Utterance | None:
-        """The decoded item; None for a bad file when ``skip_bad`` (the collator drops it)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> Utterance | BadFile:
+        """The decoded item, or a `BadFile` naming why it could not be used (the collator
+        leaves it out and reports it; the run's ``data.on_bad_file`` decides what follows)."""
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         entry = self.manifest.entries[index]
+        where = self.manifest.where(index)
         try:
             wav = read_audio(
                 self.manifest.audio_path(index),
@@ -116,16 +221,21 @@ class AudioDataset(Dataset):
                 resample=self.resample,
                 downmix=self.downmix,
                 expected_samples=entry.num_samples,
-                where=self.manifest.where(index),
+                where=where,
             )
         except DataError as e:
-            if not self.skip_bad:
-                raise
-            log.warning("skipping %s", e)
-            return None
+            return BadFile(index, where, str(e).removeprefix(f"{where}: "))
+        problem = sample_problem(wav)
+        if problem:
+            return BadFile(index, where, problem.detail)
         seed = (self.seed, epoch, index)
         if self.max_sample_size and len(wav) > self.max_sample_size:
-            start = crop_start(len(wav), self.max_sample_size, seed if self.train else None)
+            start = crop_start(
+                len(wav),
+                self.max_sample_size,
+                seed if self.train else None,
+                self.crop_alignment,
+            )
             wav = wav[start : start + self.max_sample_size]
         if self.normalize:
             wav = normalize_wav(wav)
@@ -133,33 +243,39 @@ class AudioDataset(Dataset):
 
 
 class Collator:
-    """Stack utterances into a `Batch`.
+    """Stack utterances into a `Batch` and, with a planner, draw its masks and distractors.
 
-    ``mode="crop"`` crops every item to the shortest in the batch (fairseq's pretraining default,
-    no padding at all; random windows in training); ``mode="pad"`` zero-pads to the longest and
-    keeps each row's length.
+    ``mode=crop`` crops every item to the shortest in the batch (fairseq's pretraining default,
+    no padding at all; random windows in training, aligned to ``crop_alignment`` samples);
+    ``mode=pad`` zero-pads to the longest and keeps each row's length. Items that could not be
+    decoded are left out and named in ``Batch.bad_files``.
     """
 
-    def __init__(self, mode: str = "crop", train: bool = True) -> None:
-        if mode not in ("crop", "pad"):
-            raise DataError(f"data.collate: expected 'crop' or 'pad', got {mode!r}")
-        self.mode = mode
+    def __init__(
+        self,
+        mode: CollateMode | str = CollateMode.crop,
+        train: bool = True,
+        planner: MaskPlanner | None = None,
+        crop_alignment: int = 1,
+    ) -> None:
+        self.mode = CollateMode.parse(mode, "data.collate")
         self.train = train
+        self.planner = planner
+        self.crop_alignment = crop_alignment
 
-    def __call__(self, items: list[Utterance | None]) -> Batch:
-        items = [u for u in items if u is not None]  # bad files skipped by the dataset
+    def __call__(self, entries: list[Utterance | BadFile]) -> Batch:
+        items = [u for u in entries if isinstance(u, Utterance)]
+        bad = tuple(f"{b.where}: {b.reason}" for b in entries if isinstance(b, BadFile))
         if not items:
-            return Batch(
-                torch.zeros(0, 0),
-                torch.zeros(0, dtype=torch.long),
-                torch.zeros(0, dtype=torch.long),
-            )
+            empty = torch.zeros(0, dtype=torch.long)
+            return Batch(torch.zeros(0, 0), empty, empty, bad_files=bad)
         lengths = [len(u.wav) for u in items]
-        if self.mode == "crop":
+        if self.mode == CollateMode.crop:
             target = min(lengths)
             rows = []
             for u in items:
-                start = crop_start(len(u.wav), target, (*u.seed, 1) if self.train else None)
+                seed = (*u.seed, 1) if self.train else None
+                start = crop_start(len(u.wav), target, seed, self.crop_alignment)
                 rows.append(u.wav[start : start + target])
             source = torch.from_numpy(np.stack(rows))
             lengths = [target] * len(items)
@@ -167,33 +283,51 @@ class Collator:
             source = torch.zeros(len(items), max(lengths))
             for row, u in enumerate(items):
                 source[row, : len(u.wav)] = torch.from_numpy(u.wav)
+        length_t = torch.tensor(lengths, dtype=torch.long)
         return Batch(
             source=source,
-            lengths=torch.tensor(lengths, dtype=torch.long),
+            lengths=length_t,
             ids=torch.tensor([u.index for u in items], dtype=torch.long),
+            plan=self.planner(length_t, source.shape[1], items) if self.planner else None,
+            padded=min(lengths) < source.shape[1],
+            bad_files=bad,
         )
 
 
-def _check_file(args: tuple[str, int, bool]) -> tuple[str, str] | None:
+class VerifyLevel(Choice):
+    """How closely the setup checks every manifest entry (``data.verify``)."""
+
+    none = "none"
+    """Only that each file exists."""
+    header = "header"
+    """Read every header: unreadable, empty and wrong-length files (true means this)."""
+    decode = "decode"
+    """Decode every file in full: also truncated FLACs, NaN/Inf and all-zero audio."""
+
+    @classmethod
+    def parse(cls, value, field: str) -> VerifyLevel:
+        if isinstance(value, bool):
+            return cls.header if value else cls.none
+        return super().parse(value, field)
+
+
+def _check_file(args: tuple[str, int, VerifyLevel]) -> tuple[str, str] | None:
     """(kind, detail) of what is wrong with one manifest entry, or None."""
-    path, expected, read_header = args
+    path, expected, level = args
     if not os.path.isfile(path):
         return (
             ("missing", "file not found")
             if not os.path.exists(path)
             else ("not a file", "not a regular file")
         )
-    if not read_header:
+    if level == VerifyLevel.none:
         return None
-    try:
-        info = sf.info(path)
-    except Exception as e:
-        return "unreadable", f"unreadable audio: {str(e).splitlines()[0]}"
-    if info.frames <= 0:
-        return "empty", "empty audio (0 samples)"
-    if info.frames != expected:
+    found = inspect_audio(path, decode=level == VerifyLevel.decode)
+    if not isinstance(found, AudioInfo):
+        return found.kind, found.detail
+    if found.frames != expected:
         return "wrong length", (
-            f"manifest says {expected} samples but the file has {info.frames} "
+            f"manifest says {expected} samples but the file has {found.frames} "
             "(truncated or replaced file? rebuild the manifest)"
         )
     return None
@@ -203,26 +337,35 @@ def check_manifest(
     manifest: Manifest,
     min_sample_size: int,
     receptive_field: int,
-    verify: bool = True,
-    on_bad_file: str = "error",
+    verify: VerifyLevel | bool | str = VerifyLevel.header,
+    on_bad_file: BadFilePolicy | str = BadFilePolicy.error,
     workers: int = 8,
-) -> tuple[Manifest, Counter]:
-    """Return the usable entries and a count of what was dropped, by reason.
+    progress: bool = False,
+) -> tuple[Manifest, Counter, list[str]]:
+    """Return the usable entries, a count of what was dropped by reason, and the bad files
+    skipped (``where: reason``).
 
     Clips shorter than ``min_sample_size`` are dropped and counted. Files that are missing,
-    unreadable, empty, of the wrong length (``verify`` reads every header) or shorter than the
+    unreadable, empty, of the wrong length (``verify=header`` reads every header), that fail to
+    decode or hold NaN/Inf or only zeros (``verify=decode``), or that are shorter than the
     feature encoder's receptive field are bad files: a `DataError` naming the first one, or with
-    ``on_bad_file="skip"`` dropped, counted and logged.
+    ``on_bad_file=skip`` dropped, counted and logged. Files are checked in parallel threads.
     """
-    if on_bad_file not in ("error", "skip"):
-        raise DataError(f"data.on_bad_file: expected 'error' or 'skip', got {on_bad_file!r}")
+    verify = VerifyLevel.parse(verify, "data.verify")
+    on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
     jobs = [
         (str(manifest.audio_path(i)), e.num_samples, verify)
         for i, e in enumerate(manifest.entries)
     ]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        problems = list(pool.map(_check_file, jobs, chunksize=64))
+        results = pool.map(_check_file, jobs, chunksize=16)
+        if progress and jobs:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc=f"{verify} check", unit="file")
+        problems = list(results)
     dropped: Counter = Counter()
+    skipped: list[str] = []
     keep = []
     for i, (entry, problem) in enumerate(zip(manifest.entries, problems, strict=True)):
         if problem is None and entry.num_samples < receptive_field:
@@ -235,11 +378,12 @@ def check_manifest(
             )
         if problem is not None:
             kind, detail = problem
-            if on_bad_file == "error":
+            if on_bad_file == BadFilePolicy.error:
                 raise DataError(
                     f"{manifest.where(i)}: {detail} (data.on_bad_file=skip skips bad files)"
                 )
             log.warning("skipping %s: %s", manifest.where(i), detail)
+            skipped.append(f"{manifest.where(i)}: {detail}")
             dropped[kind] += 1
             continue
         if entry.num_samples < min_sample_size:
@@ -256,4 +400,4 @@ def check_manifest(
             len(manifest),
             dict(dropped),
         )
-    return manifest.select(keep), dropped
+    return manifest.select(keep), dropped, skipped

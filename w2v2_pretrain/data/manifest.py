@@ -13,10 +13,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-import soundfile as sf
-
+from w2v2_pretrain.data.audio import AudioProblem, inspect_audio
 from w2v2_pretrain.errors import DataError
 
 
@@ -141,17 +141,6 @@ def find_audio(root: Path, ext: str, on_error: Callable[[str, str], None]) -> It
     return iter(sorted(found))
 
 
-def _header(path: Path) -> tuple[int, int] | str:
-    """(frames, sample_rate) from the header only, or the reason it cannot be used."""
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # libsndfile's message says what is wrong with the file
-        return f"unreadable audio: {str(e).splitlines()[0]}"
-    if info.frames <= 0:
-        return "empty audio (0 samples)"
-    return info.frames, info.samplerate
-
-
 def build_manifests(
     root: str | os.PathLike,
     dest: str | os.PathLike,
@@ -163,12 +152,15 @@ def build_manifests(
     workers: int = 8,
     progress: bool = True,
     relative_root: bool = False,
+    decode: bool = False,
 ) -> ManifestReport:
     """Walk a LibriSpeech-style tree and write ``dest/train.tsv`` and ``dest/valid.tsv``.
 
     The split is fairseq's: each file in order draws ``rng.random()`` and goes to valid when it
     is <= ``valid_percent``; with sorted order and a seed it is deterministic. Headers are read in
     parallel threads; unreadable or empty files are skipped, counted and listed in the report.
+    ``decode`` decodes every file in full instead (catches truncated FLACs, whose header is
+    intact, and NaN/Inf or all-zero audio), in the same threads.
     ``relative_root`` writes the root relative to ``dest`` (portable, for a committed corpus;
     fairseq itself resolves a relative root against its working directory instead).
     """
@@ -186,21 +178,22 @@ def build_manifests(
         raise DataError(f"{root}: no *.{ext} files found")
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        headers = pool.map(_header, files, chunksize=64)
+        headers = pool.map(partial(inspect_audio, decode=decode), files, chunksize=16)
         if progress:
             from tqdm import tqdm
 
-            headers = tqdm(headers, total=len(files), desc="reading headers", unit="file")
+            desc = "decoding" if decode else "reading headers"
+            headers = tqdm(headers, total=len(files), desc=desc, unit="file")
         results = list(headers)
 
     rng = random.Random(seed)
     train, valid = [], []
     for path, res in zip(files, results, strict=True):
         rel = str(path.relative_to(root))
-        if isinstance(res, str):
-            report.skipped.append((str(path), res))
+        if isinstance(res, AudioProblem):
+            report.skipped.append((str(path), res.detail))
             continue
-        frames, rate = res
+        frames, rate = res.frames, res.sample_rate
         seconds = frames / rate
         if seconds < min_seconds:
             report.filtered["shorter than --min-seconds"] += 1

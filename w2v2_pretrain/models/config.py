@@ -10,22 +10,38 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.errors import ConfigError
 
-BASE_CONV_LAYERS: list[list[int]] = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
+
+def conv_stack(channels: int) -> list[list[int]]:
+    """BASE's seven convs, [(C,10,5)] + [(C,3,2)]*4 + [(C,2,2)]*2, as fresh lists (no layer
+    shares a list with another, so editing one never edits the others)."""
+    return (
+        [[channels, 10, 5]]
+        + [[channels, 3, 2] for _ in range(4)]
+        + [[channels, 2, 2] for _ in range(2)]
+    )
+
+
+class FeatureEncoderMode(Choice):
+    """Normalisation in the feature encoder (fairseq ``extractor_mode``)."""
+
+    group_norm = "group_norm"
+    """GroupNorm on the first conv only (fairseq ``default``; BASE)."""
+    layer_norm = "layer_norm"
+    """LayerNorm over channels after every conv (LARGE)."""
 
 
 @dataclass(kw_only=True)
 class FeatureEncoderConfig:
     """The convolutional feature encoder f: X -> Z (paper section 2)."""
 
-    conv_layers: list[list[int]] = field(
-        default_factory=lambda: [list(c) for c in BASE_CONV_LAYERS]
-    )
+    conv_layers: list[list[int]] = field(default_factory=lambda: conv_stack(512))
     """[channels, kernel, stride] per conv; fairseq ``conv_feature_layers``. BASE and LARGE:
     [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2: 20 ms stride, 25 ms receptive field."""
 
-    mode: str = "group_norm"
+    mode: FeatureEncoderMode = FeatureEncoderMode.group_norm
     """``group_norm`` (GroupNorm on the first conv only; fairseq ``extractor_mode=default``, BASE)
     or ``layer_norm`` (LayerNorm after every conv; LARGE)."""
 
@@ -35,6 +51,9 @@ class FeatureEncoderConfig:
     feature_grad_mult: float = 0.1
     """Scale of the gradient reaching the encoder; 0 disables it. fairseq ``feature_grad_mult``.
     BASE 0.1, LARGE 1.0."""
+
+    def __post_init__(self) -> None:
+        self.mode = FeatureEncoderMode.parse(self.mode, "model.feature_encoder.mode")
 
 
 @dataclass(kw_only=True)
@@ -195,7 +214,11 @@ class Wav2Vec2Config:
     # -- (de)serialisation --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (choices as their names): what checkpoints store."""
+        return dataclasses.asdict(
+            self,
+            dict_factory=lambda kv: {k: str(v) if isinstance(v, Choice) else v for k, v in kv},
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
@@ -217,11 +240,6 @@ class Wav2Vec2Config:
                 all(len(c) == 3 and min(c) > 0 for c in fe.conv_layers),
                 "feature_encoder.conv_layers",
                 "each layer is (channels, kernel, stride) > 0",
-            ),
-            (
-                fe.mode in ("group_norm", "layer_norm"),
-                "feature_encoder.mode",
-                f"must be 'group_norm' or 'layer_norm', got {fe.mode!r}",
             ),
             (fe.feature_grad_mult >= 0, "feature_encoder.feature_grad_mult", "must be >= 0"),
             (0 <= mk.mask_prob < 1, "masking.mask_prob", f"must be in [0, 1), got {mk.mask_prob}"),
@@ -317,7 +335,7 @@ def large() -> Wav2Vec2Config:
     """LARGE (317M parameters), as fairseq's LibriVox recipe."""
     cfg = base()
     cfg.feature_encoder = FeatureEncoderConfig(
-        mode="layer_norm", conv_bias=True, feature_grad_mult=1.0
+        mode=FeatureEncoderMode.layer_norm, conv_bias=True, feature_grad_mult=1.0
     )
     cfg.context_network = ContextNetworkConfig(
         num_layers=24,
@@ -339,10 +357,7 @@ def large() -> Wav2Vec2Config:
 def tiny() -> Wav2Vec2Config:
     """A few M parameters with BASE's geometry (49 frames/s): tests and the CPU demo."""
     cfg = base()
-    cfg.feature_encoder = FeatureEncoderConfig(
-        conv_layers=[[128, 10, 5]] + [[128, 3, 2]] * 4 + [[128, 2, 2]] * 2,
-        feature_grad_mult=1.0,
-    )
+    cfg.feature_encoder = FeatureEncoderConfig(conv_layers=conv_stack(128), feature_grad_mult=1.0)
     cfg.context_network = ContextNetworkConfig(
         num_layers=4,
         embed_dim=256,

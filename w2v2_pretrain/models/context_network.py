@@ -88,6 +88,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         ffn_dim: int,
         num_heads: int,
@@ -117,6 +118,14 @@ class TransformerBlock(nn.Module):
 class ContextNetwork(nn.Module):
     """Positional conv + Transformer blocks with LayerDrop.
 
+    Args (keywords only; fairseq names, BASE / LARGE values):
+        dim: ``encoder_embed_dim`` (768 / 1024); num_layers: ``encoder_layers`` (12 / 24);
+        ffn_dim: ``encoder_ffn_embed_dim`` (3072 / 4096); num_heads: ``encoder_attention_heads``
+        (12 / 16); layer_norm_first: pre-LN (False / True); dropout, attention_dropout,
+        activation_dropout (0.1, 0.1, 0.0 / 0.0); layerdrop: ``encoder_layerdrop`` (0.05 / 0.0);
+        conv_pos, conv_pos_groups: positional conv kernel and groups (128, 16);
+        checkpoint_activations: recompute blocks in backward; eps: LayerNorm epsilon.
+
     Post-LN (``layer_norm_first=False``, BASE): x + pos -> LayerNorm -> dropout -> blocks.
     Pre-LN (LARGE): x + pos -> dropout -> blocks -> LayerNorm. Padded frames are zeroed before
     the positional conv (so they do not leak into valid frames) and excluded as attention keys.
@@ -124,6 +133,7 @@ class ContextNetwork(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         num_layers: int,
         ffn_dim: int,
@@ -147,14 +157,14 @@ class ContextNetwork(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             TransformerBlock(
-                dim,
-                ffn_dim,
-                num_heads,
-                dropout,
-                attention_dropout,
-                activation_dropout,
-                layer_norm_first,
-                eps,
+                dim=dim,
+                ffn_dim=ffn_dim,
+                num_heads=num_heads,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                activation_dropout=activation_dropout,
+                layer_norm_first=layer_norm_first,
+                eps=eps,
             )
             for _ in range(num_layers)
         )

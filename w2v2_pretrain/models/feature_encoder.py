@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2v2_pretrain.models.config import FeatureEncoderMode
+
 
 def frame_lengths(lengths: torch.Tensor, conv_layers: list[list[int]]) -> torch.Tensor:
     """Map sample lengths to frame lengths: ``(L - kernel) // stride + 1`` per conv.
@@ -33,18 +35,31 @@ class _GradMultiply(torch.autograd.Function):
 
 
 class ConvLayer(nn.Module):
-    """Conv1d -> optional norm (GroupNorm per channel or LayerNorm over channels) -> GELU."""
+    """Conv1d -> optional norm -> GELU.
+
+    Args:
+        group_norm: GroupNorm with one group per channel (BASE's first conv).
+        layer_norm: LayerNorm over channels (every conv of LARGE's encoder).
+    """
 
     def __init__(
-        self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool, norm: str | None
+        self,
+        *,
+        in_dim: int,
+        out_dim: int,
+        kernel: int,
+        stride: int,
+        bias: bool,
+        group_norm: bool = False,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
         nn.init.kaiming_normal_(self.conv.weight)
-        self.norm_kind = norm
-        if norm == "group":
+        self.channels_last_norm = layer_norm
+        if group_norm:
             self.norm = nn.GroupNorm(out_dim, out_dim, affine=True)
-        elif norm == "layer":
+        elif layer_norm:
             self.norm = nn.LayerNorm(out_dim, elementwise_affine=True)
         else:
             self.norm = None
@@ -52,10 +67,11 @@ class ConvLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, L) -> (B, C_out, L')."""
         x = self.conv(x)
-        if self.norm_kind == "group":
-            x = self.norm(x.float()).type_as(x)  # statistics in float32 under autocast
-        elif self.norm_kind == "layer":
-            x = self.norm(x.transpose(1, 2).float()).type_as(x).transpose(1, 2)
+        if self.norm is not None:  # statistics in float32 under autocast, as fairseq's Fp32*Norm
+            if self.channels_last_norm:
+                x = self.norm(x.transpose(1, 2).float()).type_as(x).transpose(1, 2)
+            else:
+                x = self.norm(x.float()).type_as(x)
         return F.gelu(x)
 
 
@@ -71,18 +87,29 @@ class FeatureEncoder(nn.Module):
 
     def __init__(
         self,
+        *,
         conv_layers: list[list[int]],
-        mode: str = "group_norm",
+        mode: FeatureEncoderMode = FeatureEncoderMode.group_norm,
         conv_bias: bool = False,
         feature_grad_mult: float = 1.0,
     ) -> None:
         super().__init__()
-        self.conv_specs = list(conv_layers)
+        self.conv_specs = [list(c) for c in conv_layers]
         self.feature_grad_mult = feature_grad_mult
+        layer_norm = mode == FeatureEncoderMode.layer_norm
         layers, in_dim = [], 1
         for i, (dim, kernel, stride) in enumerate(conv_layers):
-            norm = "layer" if mode == "layer_norm" else ("group" if i == 0 else None)
-            layers.append(ConvLayer(in_dim, dim, kernel, stride, conv_bias, norm))
+            layers.append(
+                ConvLayer(
+                    in_dim=in_dim,
+                    out_dim=dim,
+                    kernel=kernel,
+                    stride=stride,
+                    bias=conv_bias,
+                    group_norm=not layer_norm and i == 0,
+                    layer_norm=layer_norm,
+                )
+            )
             in_dim = dim
         self.conv_layers = nn.ModuleList(layers)
         self.output_dim = in_dim

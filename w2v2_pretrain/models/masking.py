@@ -2,9 +2,74 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from w2v2_pretrain.models.noise import Noise
+from w2v2_pretrain.models.objective import sample_cross_distractors, sample_distractors
+
+
+@dataclass
+class MaskPlan:
+    """The masked frames of a batch and the distractors of each, decided on the host.
+
+    The model gathers with these indices, so it never reads a device value back to learn a
+    shape (boolean indexing such as ``hidden[mask]`` would wait for the GPU on every step).
+
+    Shape:
+        mask: (B, T) bool, True at masked frames; the same number M in every row.
+        indices: (B, M) int64 frame of each masked frame, ascending.
+        distractors: (B, M, K) int64; the first ``num_negatives`` index the row's own M masked
+            frames, the rest (``cross_sample_negatives``) the batch's B * M masked frames.
+    """
+
+    mask: torch.Tensor
+    indices: torch.Tensor
+    distractors: torch.Tensor
+
+    @property
+    def num_masked(self) -> int:
+        """M, masked frames per row (known on the host)."""
+        return self.indices.shape[1]
+
+    @classmethod
+    def from_mask(
+        cls,
+        mask: torch.Tensor,
+        distractors: torch.Tensor,
+        padding: torch.Tensor | None = None,
+    ) -> MaskPlan:
+        """A plan from a given boolean mask; checks it (this reads the mask on the host).
+
+        Shape:
+            mask: (B, T) bool; distractors: (B, M, K); padding: (B, T) bool, True at padding.
+        """
+        counts = mask.sum(1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(f"mask must cover the same number of frames in every row: {counts}")
+        if padding is not None and bool((mask & padding).any()):
+            raise ValueError("mask covers padded frames")
+        B, M = mask.shape[0], int(counts[0])
+        if distractors.shape[:2] != (B, M):
+            raise ValueError(
+                f"distractors of shape {tuple(distractors.shape)} for {B} x {M} masked"
+            )
+        indices = mask.nonzero()[:, 1].view(B, M)
+        return cls(mask, indices, distractors)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPlan:
+        return MaskPlan(
+            *(
+                t.to(device, non_blocking=non_blocking)
+                for t in (self.mask, self.indices, self.distractors)
+            )
+        )
+
+    def pin_memory(self) -> MaskPlan:
+        return MaskPlan(
+            self.mask.pin_memory(), self.indices.pin_memory(), self.distractors.pin_memory()
+        )
 
 
 def _top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -90,3 +155,35 @@ def compute_channel_mask(
     return compute_span_mask(
         lengths, channels, mask_prob, mask_length, 0, noise, require_same_masks=False
     )
+
+
+def draw_mask_plan(
+    frame_lengths: torch.Tensor,
+    num_frames: int,
+    *,
+    mask_prob: float,
+    mask_length: int,
+    min_masks: int,
+    num_negatives: int,
+    cross_sample_negatives: int = 0,
+    noise: Noise | None = None,
+) -> MaskPlan:
+    """Span mask (`compute_span_mask`) and distractors (`sample_distractors`) on the CPU.
+
+    Args:
+        frame_lengths: (B,) valid frames per row, on the CPU.
+        num_frames: T, the padded width.
+        mask_prob, mask_length, min_masks: fairseq ``mask_prob``, ``mask_length``, 2.
+        num_negatives, cross_sample_negatives: K from the row, and from the whole batch.
+        noise: source of the draws (default: torch's global generator).
+    """
+    B = frame_lengths.shape[0]
+    mask = compute_span_mask(frame_lengths, num_frames, mask_prob, mask_length, min_masks, noise)
+    M = int(mask.sum(1)[0])
+    indices = mask.nonzero()[:, 1].view(B, M)
+    parts = []
+    if num_negatives:
+        parts.append(sample_distractors(B, M, num_negatives, noise))
+    if cross_sample_negatives:
+        parts.append(sample_cross_distractors(B, M, cross_sample_negatives, noise))
+    return MaskPlan(mask, indices, torch.cat(parts, dim=2))

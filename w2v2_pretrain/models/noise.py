@@ -9,6 +9,7 @@ repeat, and a 2-process run comparable with a 1-process run.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -27,20 +28,31 @@ class Noise:
         return torch.rand(*shape, generator=self.generator, device=device)
 
 
+def mix_seed(*parts: int) -> int:
+    """A 63-bit generator seed from integers (stable across processes and Python runs)."""
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class PerUtteranceNoise(Noise):
-    """Row ``b`` of every draw comes from a generator seeded by ``(seed, keys[b])``.
+    """Row ``b`` of every draw comes from a generator seeded by ``(seed, *keys[b])``.
 
     Args:
-        keys: (B,) one integer per utterance (its manifest index).
+        keys: (B,) one key per utterance: its manifest index, or a tuple such as
+            (epoch, index) so that each epoch draws anew.
         seed: shared seed; change it to change every draw.
     """
 
-    def __init__(self, keys: torch.Tensor | Sequence[int], seed: int = 0) -> None:
+    def __init__(
+        self, keys: torch.Tensor | Sequence[int] | Sequence[tuple[int, ...]], seed: int = 0
+    ) -> None:
         super().__init__(None)
+        if isinstance(keys, torch.Tensor):
+            keys = keys.tolist()
         self.generators = []
-        for key in torch.as_tensor(keys).tolist():
+        for key in keys:
             g = torch.Generator()
-            g.manual_seed((seed * 1_000_003 + int(key)) % (2**63))
+            g.manual_seed(mix_seed(seed, *(key if isinstance(key, (tuple, list)) else (key,))))
             self.generators.append(g)
 
     def rand(self, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -35,7 +35,9 @@ class Wav2Vec2Loss:
     fairseq quantizes (transformers averages over the same ones); padding is never masked."""
     code_perplexity: torch.Tensor
     """The same from hard counts of the chosen codes (at most G*V; logged only)."""
-    temperature: torch.Tensor
+    identical_distractors: torch.Tensor
+    """Fraction of distractors identical to their positive (excluded with -inf): near 1 when
+    the targets have collapsed and the task has become trivial."""
 
     @property
     def accuracy(self) -> torch.Tensor:
@@ -99,7 +101,7 @@ def sample_cross_distractors(
 def gather_distractors(
     targets: torch.Tensor, within: torch.Tensor | None, cross: torch.Tensor | None
 ) -> torch.Tensor:
-    """Distractor vectors for each masked frame.
+    """Distractor vectors (or codes) for each masked frame.
 
     Shape:
         targets: (B, M, F); within: (B, M, K1) row indices; cross: (B, M, K2) flat indices
@@ -116,22 +118,30 @@ def gather_distractors(
 
 
 def contrastive_logits(
-    context: torch.Tensor, targets: torch.Tensor, distractors: torch.Tensor, logit_temp: float
+    context: torch.Tensor,
+    targets: torch.Tensor,
+    distractors: torch.Tensor,
+    logit_temp: float,
+    same: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cosine similarity / kappa in float32 between the context and [positive, distractors].
 
-    A distractor identical to the positive (same codevector) gets -inf. The positive is class 0.
+    A distractor identical to the positive gets -inf (fairseq). ``same`` says which are: the
+    model passes equal codes in every codebook (equal codes give the identical codevector, and a
+    few integer compares cost less than comparing vectors); without it the vectors are compared.
+    The positive is class 0.
 
     Shape:
-        context, targets: (B, M, F); distractors: (B, M, K, F) -> (B, M, 1 + K)
+        context, targets: (B, M, F); distractors: (B, M, K, F); same: (B, M, K) bool
+        -> (B, M, 1 + K)
     """
     candidates = torch.cat([targets.unsqueeze(2), distractors], dim=2)
     logits = torch.cosine_similarity(context.float().unsqueeze(2), candidates.float(), dim=-1)
     logits = logits / logit_temp
-    same = (distractors == targets.unsqueeze(2)).all(-1)
-    if same.any():
-        logits[..., 1:] = logits[..., 1:].masked_fill(same, float("-inf"))
-    return logits
+    if same is None:
+        same = (distractors == targets.unsqueeze(2)).all(-1)
+    blocked = logits[..., 1:].masked_fill(same, float("-inf"))
+    return torch.cat([logits[..., :1], blocked], dim=-1)
 
 
 def contrastive_accuracy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +155,7 @@ def contrastive_accuracy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     best = flat.argmax(-1) == 0
     worst = flat.argmin(-1) == 0
     correct = best.long().sum() - (best & worst).long().sum()
-    return correct, torch.tensor(flat.shape[0], device=logits.device)
+    return correct, torch.full((), flat.shape[0], dtype=torch.long, device=logits.device)
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:

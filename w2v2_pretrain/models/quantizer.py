@@ -91,18 +91,27 @@ class GumbelQuantizer(nn.Module):
             gumbels = -torch.log(-torch.log(u.clamp(min=tiny, max=1 - 1e-7)))
             soft = torch.softmax((logits + gumbels) / temperature, dim=-1)
             codes = soft.argmax(-1)
-            hard = nn.functional.one_hot(codes, V).to(soft.dtype)
+            hard = one_hot(codes, V)
             # exactly one-hot forward (soft - soft.detach() is 0); gradient of the soft sample
             onehot = hard + (soft - soft.detach())
         else:
             codes = logits.argmax(-1)
-            onehot = nn.functional.one_hot(codes, V).float()
+            onehot = one_hot(codes, V)
         quantized = torch.einsum("bmgv,gvd->bmgd", onehot.to(self.codebook.dtype), self.codebook)
         flat_probs = torch.softmax(logits, dim=-1).view(B * M, G, V)
-        flat_hard = nn.functional.one_hot(codes, V).view(B * M, G, V)
         return QuantizerOutput(
             quantized=quantized.reshape(B, M, -1),
             codes=codes,
             prob_perplexity=perplexity(flat_probs),
-            code_perplexity=perplexity(flat_hard.detach()),
+            code_perplexity=perplexity(one_hot(codes, V).view(B * M, G, V).detach()),
         )
+
+
+def one_hot(codes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float32 one-hot by scatter (no check of the codes' range that would read them back).
+
+    Shape:
+        codes: (...) int64 -> (..., num_classes)
+    """
+    out = torch.zeros(*codes.shape, num_classes, device=codes.device)
+    return out.scatter_(-1, codes.unsqueeze(-1), 1.0)

@@ -2,39 +2,73 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from w2v2_pretrain.data.dataset import Batch
+from w2v2_pretrain.data.dataset import BadFilePolicy, Batch
+from w2v2_pretrain.errors import DataError, TrainingError
 from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
 from w2v2_pretrain.models.noise import PerUtteranceNoise
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Output
+from w2v2_pretrain.training.health import chance_loss
+
+log = logging.getLogger(__name__)
+
+# What one micro-batch adds to its update's sums (one vector, so one all-reduce per update).
+_SUMS = (
+    "total",  # loss summed over masked frames (fairseq's criterion output)
+    "contrastive",  # summed over masked frames
+    "num_masked",
+    "correct",
+    "count",
+    "diversity",  # per micro-batch values, averaged over the update's micro-batches
+    "feature_penalty",
+    "prob_perplexity",
+    "code_perplexity",
+    "identical_distractors",
+    "micro_batches",  # micro-batches with at least one utterance
+    "valid_frames",
+    "audio_samples",
+    "bad_files",
+    "nonfinite_loss",
+)
+_AT = {name: i for i, name in enumerate(_SUMS)}
 
 
 class Wav2Vec2Pretraining(pl.LightningModule):
-    """wav2vec 2.0 pretraining.
+    """wav2vec 2.0 pretraining with fairseq's update semantics.
 
-    The loss of every update is the sum over masked frames divided by the masked frames summed
-    over all ranks, so an update does not depend on how a batch is split across devices.
+    An update's loss is the sum over every masked frame of all its micro-batches (gradient
+    accumulation) and all ranks, divided by the masked frames summed over the same: so one
+    process with a batch of 2B, one with 2 micro-batches of B and two with B each make the same
+    update. Each micro-batch returns its unnormalised sum; once per update, before the
+    optimizer step, one all-reduce brings every rank the update's masked frames and metric sums,
+    and the gradients are scaled once. An update whose loss or gradients are not finite is
+    skipped (the weights and optimizer state stay as they were), counted and logged;
+    ``max_bad_updates`` in a row stop the run with a checkpoint.
 
     Args:
         model: the model config as plain data (`Wav2Vec2Config` fields; Hydra group ``model``).
         optimizer: partial optimizer, called with the parameters (Hydra ``_partial_``).
         scheduler: partial LR scheduler, called with the optimizer; stepped every update.
         sample_rate: audio rate, for throughput in audio-seconds.
-        fixed_noise_seed: when set, masks, distractors and Gumbel noise of each utterance are
-            drawn from a generator seeded by (this, utterance index) at every step, so a batch
-            repeats exactly (overfitting one batch; comparing device layouts).
-        val_noise_seed: the same for validation, so validation metrics are comparable across
-            evaluations.
+        fixed_noise_seed: when set, the Gumbel noise of each utterance is drawn from a generator
+            seeded by (this, utterance index), so a batch repeats exactly (overfitting one batch;
+            comparing device layouts). Masks and distractors come with the batch.
         codebook_image_every: log a picture of codebook usage every N updates (0: never).
         compile: ``torch.compile`` the context network.
+        max_bad_updates: stop after this many updates in a row skipped for non-finite values.
+        on_bad_file: ``skip`` counts undecodable files met in training and goes on; ``error``
+            stops all ranks together, with a checkpoint.
+        bad_files_log: where to append the files left out (``bad_files.tsv`` in the run folder).
     """
 
     def __init__(
@@ -44,26 +78,38 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         sample_rate: int = 16_000,
         fixed_noise_seed: int | None = None,
-        val_noise_seed: int = 12345,
         codebook_image_every: int = 500,
         compile: bool = False,
+        max_bad_updates: int = 5,
+        on_bad_file: BadFilePolicy | str = BadFilePolicy.skip,
+        bad_files_log: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # stored in checkpoints; the whole run config is logged once by train()
+        self.save_hyperparameters(
+            ignore=["optimizer", "scheduler", "on_bad_file", "bad_files_log"], logger=False
+        )
         self.cfg = Wav2Vec2Config.from_dict(model)  # validated by Wav2Vec2Model
         self.model = Wav2Vec2Model(self.cfg)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.sample_rate = sample_rate
         self.fixed_noise_seed = fixed_noise_seed
-        self.val_noise_seed = val_noise_seed
         self.codebook_image_every = codebook_image_every
         self.compile = compile
+        self.max_bad_updates = max_bad_updates
+        self.on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
+        self.bad_files_log = Path(bad_files_log) if bad_files_log else None
         q = self.cfg.quantizer
         self.register_buffer(
-            "code_counts", torch.zeros(q.num_groups, q.num_vars), persistent=False
+            "code_counts", torch.zeros(q.num_groups * q.num_vars), persistent=False
         )
-        self._last_batch_end: float | None = None
+        self._update: torch.Tensor | None = None  # this rank's sums of the update in progress
+        self._val: torch.Tensor | None = None
+        # skipped updates and files left out, so far (all ranks), and bad updates in a row
+        self.register_buffer("_counters", torch.zeros(2, dtype=torch.float64), persistent=False)
+        self.register_buffer("_streak", torch.zeros((), dtype=torch.float64), persistent=False)
+        self._last_update_end: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
 
     def configure_model(self) -> None:
@@ -76,100 +122,231 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         """Gumbel temperature of the current update (from the global step)."""
         return self.cfg.quantizer.temperature_at(self.global_step)
 
-    def _forward(self, batch: Batch, noise_seed: int | None) -> Wav2Vec2Output:
-        noise = PerUtteranceNoise(batch.ids, noise_seed) if noise_seed is not None else None
-        lengths = batch.lengths if bool((batch.lengths != batch.source.shape[1]).any()) else None
-        return self.model(batch.source, lengths, temperature=self.temperature(), noise=noise)
+    def _forward(self, batch: Batch) -> Wav2Vec2Output:
+        noise = None
+        if self.fixed_noise_seed is not None and self.training:
+            noise = PerUtteranceNoise(batch.ids, self.fixed_noise_seed)
+        return self.model(
+            batch.source,
+            batch.lengths if batch.padded else None,
+            temperature=self.temperature(),
+            plan=batch.plan,
+            noise=noise,
+        )
 
-    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+    def _sums(self, out: Wav2Vec2Output | None, batch: Batch) -> torch.Tensor:
+        """This micro-batch's contribution to ``_SUMS`` (float64, on the device; built from
+        device scalars, so nothing is copied from or read back to the host)."""
+        bad = torch.full((), len(batch.bad_files), dtype=torch.float64, device=self.device)
+        if out is None:
+            zero = torch.zeros((), dtype=torch.float64, device=self.device)
+            return torch.stack([bad if k == "bad_files" else zero for k in _SUMS])
+        loss = out.loss
+        total = loss.total.detach()
+        parts = {
+            "total": total,
+            "contrastive": loss.contrastive.detach(),
+            "num_masked": loss.num_masked,
+            "correct": loss.correct,
+            "count": loss.count,
+            "diversity": loss.diversity.detach(),
+            "feature_penalty": loss.feature_penalty.detach(),
+            "prob_perplexity": loss.prob_perplexity,
+            "code_perplexity": loss.code_perplexity,
+            "identical_distractors": loss.identical_distractors,
+            "micro_batches": torch.ones((), device=self.device),
+            "valid_frames": out.frame_lengths.sum(),
+            "audio_samples": batch.lengths.sum(),
+            "bad_files": bad,
+            "nonfinite_loss": ~torch.isfinite(total),
+        }
+        return torch.stack([parts[k].double() for k in _SUMS])
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over every DDP rank (a collective: every rank must call it)."""
         if self.trainer.world_size > 1:
             return self.trainer.strategy.reduce(t.clone(), reduce_op="sum")
         return t
 
-    def _metrics(self, out: Wav2Vec2Output, batch: Batch) -> dict[str, torch.Tensor]:
-        """Every logged quantity, computed once; losses per masked frame, in nats."""
-        loss, ob = out.loss, self.cfg.objective
-        m = loss.num_masked.float()
-        valid = out.frame_lengths.sum().float()
-        return {
-            "loss": loss.total.detach() / m,
-            "contrastive": loss.contrastive.detach() / m,
-            "diversity": loss.diversity.detach(),
-            "feature_penalty": loss.feature_penalty.detach(),
-            "weighted_diversity": ob.diversity_weight * loss.diversity.detach(),
-            "weighted_feature_penalty": ob.feature_penalty_weight * loss.feature_penalty.detach(),
-            "accuracy": loss.accuracy,
-            "code_perplexity": loss.code_perplexity,
-            "prob_perplexity": loss.prob_perplexity,
-            "masked_fraction": m / valid,
-            "batch_audio_seconds": batch.lengths.sum().float() / self.sample_rate,
-        }
+    def _zero_loss(self) -> torch.Tensor:
+        """A loss of 0 that reaches every parameter: a rank whose batch is empty still runs
+        backward, so DDP's gradient all-reduce is never left waiting."""
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        if len(batch) == 0:  # every file of the batch was a skipped bad file
-            return None
-        out = self._forward(batch, self.fixed_noise_seed)
-        masked = self._sum_over_ranks(out.loss.num_masked.float())
-        loss = out.loss.total * self.trainer.world_size / masked
+    def _note_bad_files(self, batch: Batch) -> None:
+        for entry in batch.bad_files:
+            log.warning("left out %s", entry)
+            if self.bad_files_log is not None:
+                with open(self.bad_files_log, "a") as f:  # one line, appended whole
+                    f.write(f"update {self.global_step}\t{entry}\n")
 
-        metrics = {f"train/{k}": v for k, v in self._metrics(out, batch).items()}
-        metrics["train/temperature"] = out.loss.temperature
-        metrics["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        now = time.perf_counter()
-        if self._last_batch_end is not None:
-            seconds = metrics["train/batch_audio_seconds"] * self.trainer.world_size
-            metrics["train/audio_seconds_per_second"] = seconds / (now - self._last_batch_end)
-        self._last_batch_end = now
-        B = len(batch)
-        prog = {
-            "train/loss",
-            "train/accuracy",
-            "train/code_perplexity",
-            "train/audio_seconds_per_second",
-        }
-        for k, v in metrics.items():
-            self.log(k, v.float(), batch_size=B, prog_bar=k in prog, sync_dist=False)
-
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self._update is None:
+            self._update = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
+        self._note_bad_files(batch)
+        if len(batch) == 0:  # every file of the batch was left out
+            self._update += self._sums(None, batch)
+            return self._zero_loss()
+        out = self._forward(batch)
+        self._update += self._sums(out, batch)
         G, V = self.cfg.quantizer.num_groups, self.cfg.quantizer.num_vars
-        flat = (out.codes.reshape(-1, G) + torch.arange(G, device=out.codes.device) * V).flatten()
-        self.code_counts += torch.bincount(flat, minlength=G * V).view(G, V).float()
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        every = self.codebook_image_every
-        step = self.global_step
-        if every and step % every == 0 and step > 0:
-            self._log_codebook_usage()
+        codes = out.codes.reshape(-1, G) + torch.arange(G, device=out.codes.device) * V
+        self.code_counts.index_add_(
+            0, codes.flatten(), torch.ones_like(codes.flatten(), dtype=torch.float)
+        )
+        # Lightning divides by accumulate_grad_batches and DDP averages over ranks;
+        # on_before_optimizer_step turns that into the sum / all masked frames of the update
+        return out.loss.total
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        """Once per update: gather the update's sums over ranks, scale the gradients to the
+        sum over every masked frame divided by their number, and decide whether to step."""
+        if self._update is None:  # cannot happen: every update has micro-batches on every rank
+            raise TrainingError("an optimizer step without a training batch")
+        sums, self._update = self._reduce(self._update), None
+        params = [p for p in self.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        masked = sums[_AT["num_masked"]]
+        # undo Lightning's 1/accumulation and DDP's 1/world_size, divide by the update's frames
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        factor = torch.where(masked > 0, scale / masked.clamp(min=1), 0.0).float()
         if grads:
+            torch._foreach_mul_(grads, factor)
             norm = torch.nn.utils.get_total_norm(grads)
-            self.log("train/grad_norm", norm, batch_size=1)
+        else:
+            norm = torch.zeros((), device=self.device)
+        ok = torch.isfinite(norm) & (masked > 0) & (sums[_AT["nonfinite_loss"]] == 0)
+        self._counters += torch.stack([(~ok).double(), sums[_AT["bad_files"]]])
+        self._streak = (self._streak + 1) * (~ok)
+        self._log_update(sums, norm)
+        self._step_or_skip(optimizer, params, ok, sums)
+        every = self.codebook_image_every
+        if every and self.global_step % every == 0 and self.global_step > 0:
+            self._log_codebook_usage()
+
+    def _step_or_skip(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        ok: torch.Tensor,
+        sums: torch.Tensor,
+    ) -> None:
+        """Let the optimizer step only if ``ok``; stop after ``max_bad_updates`` bad in a row.
+
+        With a fused Adam/AdamW (``optim.optimizer.fused=true``, the default) the skip is the
+        optimizer's own ``found_inf`` flag, so the update reads nothing back from the device and
+        the streak is checked at logging steps; any other optimizer reads ``ok`` on the host
+        once per update and drops the gradients of a bad update (it then skips every
+        parameter). Under 16-mixed the grad scaler skips non-finite gradients itself.
+        """
+        if self.on_bad_file == BadFilePolicy.error and int(sums[_AT["bad_files"]]):
+            for p in params:
+                p.grad = None
+            raise DataError(
+                f"{int(sums[_AT['bad_files']])} file(s) could not be decoded in update "
+                f"{self.global_step} (named in the log and bad_files.tsv); data.on_bad_file="
+                "error stops here, with a checkpoint: remove them from the manifest (or set "
+                "data.on_bad_file=skip) and resume"
+            )
+        if _takes_found_inf(optimizer) and not self._grad_scaler():
+            optimizer.found_inf = (~ok).float()
+            if (self.global_step + 1) % self.trainer.log_every_n_steps:
+                return  # the streak is read at logging steps, when metrics are read anyway
+        elif not bool(ok):
+            for p in params:
+                p.grad = None
+        streak = int(self._streak)
+        if streak:
+            log.warning(
+                "update %d skipped: non-finite loss or gradients, or no usable audio "
+                "(%d in a row)",
+                self.global_step,
+                streak,
+            )
+        if streak >= self.max_bad_updates:
+            raise TrainingError(
+                f"{streak} updates in a row were skipped for non-finite loss or gradients or no "
+                f"usable audio (last: update {self.global_step}); stopped with a checkpoint of "
+                "the last good weights. Try a lower optim.optimizer.lr, "
+                "trainer.gradient_clip_val, bf16 instead of 16-mixed, data.verify=decode"
+            )
+
+    def _grad_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def _update_metrics(self, sums: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+        """Per-update (or per-validation) metrics from summed parts: losses per masked frame in
+        nats, accuracy over all scored frames, batch statistics averaged over micro-batches."""
+        s = {k: sums[i] for k, i in _AT.items()}
+        m = s["num_masked"].clamp(min=1)
+        n = s["micro_batches"].clamp(min=1)
+        ob = self.cfg.objective
+        diversity, penalty = s["diversity"] / n, s["feature_penalty"] / n
+        out = {
+            "loss": s["total"] / m,
+            "contrastive": s["contrastive"] / m,
+            "diversity": diversity,
+            "feature_penalty": penalty,
+            "weighted_diversity": ob.diversity_weight * diversity,
+            "weighted_feature_penalty": ob.feature_penalty_weight * penalty,
+            "accuracy": s["correct"] / s["count"].clamp(min=1),
+            "code_perplexity": s["code_perplexity"] / n,
+            "prob_perplexity": s["prob_perplexity"] / n,
+            "identical_distractors": s["identical_distractors"] / n,
+            "masked_fraction": s["num_masked"] / s["valid_frames"].clamp(min=1),
+        }
+        return {f"{prefix}/{k}": v.float() for k, v in out.items()}
+
+    def _log_update(self, sums: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        metrics = self._update_metrics(sums, "train")
+        seconds = sums[_AT["audio_samples"]].float() / self.sample_rate
+        metrics["train/update_audio_seconds"] = seconds
+        metrics["train/grad_norm"] = grad_norm.float()
+        metrics["train/skipped_updates"] = self._counters[0].float()
+        metrics["train/bad_files"] = self._counters[1].float()
+        now = time.perf_counter()
+        if self._last_update_end is not None:
+            metrics["train/audio_seconds_per_second"] = seconds / (now - self._last_update_end)
+        self._last_update_end = now
+        bar = ("train/loss", "train/accuracy", "train/code_perplexity")
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k in bar, batch_size=1, sync_dist=False)
+        self.log("train/temperature", self.temperature(), batch_size=1)
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        if len(batch) == 0:
-            return
-        out = self._forward(batch, self.val_noise_seed)
-        for k, v in self._metrics(out, batch).items():
-            self.log(
-                f"val/{k}",
-                v.float(),
-                batch_size=len(batch),
-                sync_dist=True,
-                prog_bar=k in ("loss", "accuracy"),
-            )
+        self._note_bad_files(batch)
+        out = self._forward(batch) if len(batch) else None
+        self._val += self._sums(out, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        sums, self._val = self._reduce(self._val), None
+        metrics = self._update_metrics(sums, "val")
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k in ("val/loss", "val/accuracy"), sync_dist=False)
+        ob = self.cfg.objective
+        self.log(
+            "val/contrastive_chance", chance_loss(ob.num_negatives + ob.cross_sample_negatives)
+        )
 
     # -- monitoring ---------------------------------------------------------------------------
 
     def _log_codebook_usage(self) -> None:
         """A picture of how often each codebook entry was chosen since the last picture."""
-        counts = self._sum_over_ranks(self.code_counts.clone())
+        counts = self._reduce(self.code_counts.clone())
         self.code_counts.zero_()
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            fig = codebook_usage_figure(counts.cpu().numpy(), self.global_step)
+            q = self.cfg.quantizer
+            fig = codebook_usage_figure(
+                counts.view(q.num_groups, q.num_vars).cpu().numpy(), self.global_step
+            )
             experiment.add_figure("train/codebook_usage", fig, global_step=self.global_step)
 
     # -- optimisation -------------------------------------------------------------------------
@@ -183,7 +360,12 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": "step",
+                "frequency": 1,
+                "name": "train/lr",  # LearningRateMonitor's tag
+            },
         }
 
     # -- exact resume: random state travels with the checkpoint -------------------------------
@@ -200,10 +382,13 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = state
+        checkpoint["run_counters"] = self._counters.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training starts, after everything else that set up the run drew numbers
         self._rng_to_restore = checkpoint.get("rng_states")
+        if "run_counters" in checkpoint:
+            self._counters.copy_(checkpoint["run_counters"])
 
     def on_train_start(self) -> None:
         state, self._rng_to_restore = self._rng_to_restore, None
@@ -215,6 +400,13 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             random.setstate((version, tuple(internal), gauss_next))
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer skips its step on device when ``optimizer.found_inf`` is 1 (torch's
+    fused Adam and AdamW: the mechanism the AMP grad scaler uses)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps optimizers
+    return isinstance(inner, torch.optim.Adam) and bool(inner.defaults.get("fused"))
 
 
 def codebook_usage_figure(counts: np.ndarray, step: int):

@@ -21,6 +21,11 @@ def warmup_polynomial(step: int, warmup: int, total: int, power: float = 1.0) ->
     return (1.0 - (step - warmup) / max(1, total - warmup)) ** power
 
 
+def warmup_updates(warmup: float, total_steps: int) -> int:
+    """Warm-up in updates: ``warmup`` itself, or that fraction of ``total_steps`` if below 1."""
+    return int(round(warmup * total_steps)) if 0 < warmup < 1 else int(warmup)
+
+
 def polynomial_decay(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.08, power: float = 1.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -39,7 +44,7 @@ def polynomial_decay(
         )
     if warmup < 0:
         raise ConfigError(f"optim.scheduler.warmup must be >= 0, got {warmup}")
-    steps = int(round(warmup * total_steps)) if 0 < warmup < 1 else int(warmup)
+    steps = warmup_updates(warmup, total_steps)
     if steps > total_steps:
         raise ConfigError(
             f"optim.scheduler.warmup ({steps} updates) exceeds total_steps ({total_steps})"

@@ -1,0 +1,107 @@
+"""Run-health warnings, each driven by constructed metrics, and their way to the user."""
+
+from __future__ import annotations
+
+import math
+
+from w2v2_pretrain.training.health import HealthConfig, RunHealth, chance_loss
+
+HEALTHY = dict(contrastive=2.0, accuracy=0.3, code_perplexity=400.0, prob_perplexity=450.0)
+
+
+def health(**cfg) -> RunHealth:
+    return RunHealth(
+        config=HealthConfig(**cfg), num_distractors=100, num_codevectors=640, warmup_updates=100
+    )
+
+
+def kinds(found) -> list[str]:
+    return [w.kind for w in found]
+
+
+def test_chance_is_ln_k_plus_one_and_fairseqs_bits():
+    assert chance_loss(100) == math.log(101)
+    assert round(chance_loss(100) / math.log(2), 3) == 6.658  # fairseq's flat line, in bits
+
+
+def test_healthy_metrics_warn_nothing():
+    h = health()
+    for step in range(0, 500, 10):
+        assert h.on_train_metrics(step, **HEALTHY, grad_norm=1.0 + (step % 3) * 0.1) == []
+    assert h.on_validation(400, contrastive=3.0) == []
+
+
+def test_plateau_after_warmup_warns_once_and_again_after_recovery():
+    h = health(plateau_updates=300, plateau_margin=0.05)
+    near = chance_loss(100) - 0.01
+    assert h.on_validation(50, contrastive=near) == []  # in warm-up: not counted
+    assert h.on_validation(300, contrastive=near) == []  # 200 updates after warm-up
+    found = h.on_validation(400, contrastive=near)
+    assert kinds(found) == ["plateau"] and found[0].step == 400
+    msg = found[0].message
+    assert "4.605 nats" in msg and "chance ln(100+1) = 4.615" in msg and "6.658 bits" in msg
+    assert "model.objective.num_negatives" in msg  # says what to try
+    assert h.on_validation(500, contrastive=near) == []  # once per episode
+    assert h.on_validation(600, contrastive=3.5) == []  # left the plateau
+    assert h.on_validation(700, contrastive=near) == []  # back, but only just
+    assert kinds(h.on_validation(1000, contrastive=near)) == ["plateau"]
+
+
+def test_codebook_collapse():
+    h = health(collapse_fraction=0.1)
+    assert h.on_train_metrics(10, **HEALTHY) == []
+    collapsed = HEALTHY | dict(code_perplexity=2.0, prob_perplexity=2.1)
+    found = h.on_train_metrics(20, **collapsed)
+    assert kinds(found) == ["collapse"]
+    assert "code perplexity 2.0 of 640" in found[0].message
+    assert "diversity_weight" in found[0].message and "feature_grad_mult" in found[0].message
+    assert h.on_train_metrics(30, **collapsed) == []
+
+
+def test_trivial_solution():
+    h = health()
+    trivial = HEALTHY | dict(accuracy=1.0, contrastive=0.001)
+    found = h.on_train_metrics(40, **trivial)
+    assert kinds(found) == ["trivial"] and "accuracy 1.000" in found[0].message
+    # a good but not trivial run does not trip it
+    assert health().on_train_metrics(40, **HEALTHY | dict(accuracy=0.98, contrastive=0.2)) == []
+
+
+def test_gradient_spike_and_nonfinite():
+    h = health(grad_spike_factor=10.0)
+    for step in range(25):
+        assert h.on_train_metrics(step, **HEALTHY, grad_norm=1.0) == []
+    assert kinds(h.on_train_metrics(25, **HEALTHY, grad_norm=50.0)) == ["grad_spike"]
+    assert kinds(h.on_train_metrics(26, **HEALTHY, grad_norm=float("nan"))) == ["nonfinite"]
+    assert h.on_train_metrics(27, **HEALTHY, grad_norm=float("inf")) == []  # same episode
+    # early norms only gather: no median yet, no spike
+    assert health().on_train_metrics(0, **HEALTHY, grad_norm=1e6) == []
+
+
+def test_warnings_reach_log_tensorboard_and_summary(tmp_path):
+    """Through the real command line: a threshold that every update trips (collapse below
+    100% of G x V) warns once, in the log, as TensorBoard text and in the summary; the summary
+    shows chance beside the validation loss, in nats and fairseq's bits."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_training import FAST, run_cli, small_manifests
+
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={small_manifests(tmp_path, 6)}",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "health.collapse_fraction=1.0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = proc.stdout + proc.stderr
+    assert logged.count("run health: codebook collapse at update 0") == 1
+    assert "  warning:      codebook collapse at update 0" in proc.stdout
+    chance = math.log(21)  # the demo's 20 distractors
+    assert f"chance:       contrastive {chance:.3f} nats = ln(K+1)" in proc.stdout
+    assert f"(chance {chance / math.log(2):.3f})" in proc.stdout
+    ea = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"tensors": 0})
+    ea.Reload()
+    assert "health/collapse/text_summary" in ea.Tags()["tensors"]
+    bad_key = run_cli(*FAST, "health.colapse_fraction=0.2", f"hydra.run.dir={tmp_path / 'x'}")
+    assert bad_key.returncode != 0 and "colapse_fraction" in bad_key.stderr

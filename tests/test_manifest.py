@@ -193,6 +193,11 @@ def test_relative_root_resolves_against_manifest_folder(tmp_path):
         ("{root}\na.flac\t12\textra\n", ":2: expected 2 tab-separated columns"),
         ("{root}\na.flac\ttwelve\n", ":2: num_samples 'twelve' is not an integer"),
         ("{root}\na.flac\t0\n", ":2: num_samples must be positive"),
+        ("{root}\na.flac\t-5\n", ":2: num_samples must be positive, got -5"),
+        (
+            "{root}\na.flac\t10\nb.flac\t10\n./a.flac\t10\n",
+            ":4: './a.flac' is listed again (first at line 2)",
+        ),
         ("{root}\n../../etc/passwd\t10\n", ":2: path '../../etc/passwd' escapes the root"),
         ("{root}/missing_dir\na.flac\t10\n", ":1: root "),
         ("", ":1: first line must be the audio root directory"),

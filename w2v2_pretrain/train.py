@@ -71,6 +71,8 @@ def find_resume_checkpoint(cfg: DictConfig) -> str | None:
         return str(path)
     if cfg.get("resume"):
         run = Path(cfg.paths.output_dir)
+        for stale in Path(cfg.paths.checkpoint_dir).glob(".*.ckpt.*.tmp"):
+            stale.unlink(missing_ok=True)  # a save that a killed process never finished
         newest = _newest(
             [Path(cfg.paths.checkpoint_dir) / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
         )

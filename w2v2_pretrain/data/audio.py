@@ -14,10 +14,11 @@ from w2v2_pretrain.errors import DataError
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file holds: frames and rate (at the file's own rate)."""
+    """What a file holds: frames and rate (at the file's own rate), and channels."""
 
     frames: int
     sample_rate: int
+    channels: int = 1
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def inspect_audio(path: str | Path, decode: bool = False) -> AudioInfo | AudioPr
         problem = sample_problem(wav)
         if problem:
             return problem
-    return AudioInfo(info.frames, info.samplerate)
+    return AudioInfo(info.frames, info.samplerate, info.channels)
 
 
 def read_audio(

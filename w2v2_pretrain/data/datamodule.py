@@ -140,6 +140,9 @@ class AudioDataModule(pl.LightningDataModule):
             verify=self.verify,
             on_bad_file=self.on_bad_file,
             progress=self.verify == VerifyLevel.decode,
+            sample_rate=self.sample_rate,
+            resample=self.resample,
+            downmix=self.downmix,
         )
         self.dropped[split] = dict(dropped)
         self.skipped[split] = skipped
@@ -158,7 +161,8 @@ class AudioDataModule(pl.LightningDataModule):
             seed=self.seed,
             crop_alignment=self.crop_alignment,
         )
-        hours = sum(e.num_samples for e in manifest.entries) / self.sample_rate / 3600
+        hours = sum(e.samples_at(self.sample_rate) for e in manifest.entries)
+        hours /= self.sample_rate * 3600
         log.info("%s: %d utterances, %.2f h", path, len(ds), hours)
         self.datasets[split] = ds
         return ds

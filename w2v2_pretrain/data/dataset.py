@@ -202,8 +202,11 @@ class AudioDataset(Dataset):
 
     @property
     def sizes(self) -> np.ndarray:
-        """(N,) manifest lengths, capped at ``max_sample_size``: what a batch will hold."""
-        sizes = np.array([e.num_samples for e in self.manifest.entries], dtype=np.int64)
+        """(N,) lengths at the model's rate, capped at ``max_sample_size``: what a batch will
+        hold."""
+        sizes = np.array(
+            [e.samples_at(self.sample_rate) for e in self.manifest.entries], dtype=np.int64
+        )
         if self.max_sample_size:
             sizes = np.minimum(sizes, self.max_sample_size)
         return sizes
@@ -311,9 +314,13 @@ class VerifyLevel(Choice):
         return super().parse(value, field)
 
 
-def _check_file(args: tuple[str, int, VerifyLevel]) -> tuple[str, str] | None:
-    """(kind, detail) of what is wrong with one manifest entry, or None."""
-    path, expected, level = args
+def _check_file(
+    args: tuple[str, int, VerifyLevel, int | None, bool],
+) -> tuple[str, str] | int | None:
+    """(kind, detail) of what is wrong with one manifest entry, else its sample rate (None if
+    no header was read). ``rate``: the only rate accepted (None: any, it is resampled);
+    ``downmix``: accept several channels."""
+    path, expected, level, rate, downmix = args
     if not os.path.isfile(path):
         return (
             ("missing", "file not found")
@@ -330,7 +337,14 @@ def _check_file(args: tuple[str, int, VerifyLevel]) -> tuple[str, str] | None:
             f"manifest says {expected} samples but the file has {found.frames} "
             "(truncated or replaced file? rebuild the manifest)"
         )
-    return None
+    if rate is not None and found.sample_rate != rate:
+        return "sample rate", (
+            f"sample rate {found.sample_rate} Hz, expected {rate} Hz; set data.resample=true "
+            "to resample"
+        )
+    if not downmix and found.channels > 1:
+        return "channels", f"{found.channels} channels; set data.downmix=true to average them"
+    return found.sample_rate
 
 
 def check_manifest(
@@ -341,6 +355,9 @@ def check_manifest(
     on_bad_file: BadFilePolicy | str = BadFilePolicy.error,
     workers: int = 8,
     progress: bool = False,
+    sample_rate: int = 16_000,
+    resample: bool = True,
+    downmix: bool = True,
 ) -> tuple[Manifest, Counter, list[str]]:
     """Return the usable entries, a count of what was dropped by reason, and the bad files
     skipped (``where: reason``).
@@ -350,11 +367,15 @@ def check_manifest(
     decode or hold NaN/Inf or only zeros (``verify=decode``), or that are shorter than the
     feature encoder's receptive field are bad files: a `DataError` naming the first one, or with
     ``on_bad_file=skip`` dropped, counted and logged. Files are checked in parallel threads.
+    Lengths are compared at ``sample_rate`` (the rate the model sees): a header pass records
+    each file's own rate, so an 8 kHz file counts its samples after resampling; without
+    ``resample`` (or ``downmix``) another rate (or several channels) is a bad file.
     """
     verify = VerifyLevel.parse(verify, "data.verify")
     on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
+    only_rate = None if resample else sample_rate
     jobs = [
-        (str(manifest.audio_path(i)), e.num_samples, verify)
+        (str(manifest.audio_path(i)), e.num_samples, verify, only_rate, downmix)
         for i, e in enumerate(manifest.entries)
     ]
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -367,13 +388,17 @@ def check_manifest(
     dropped: Counter = Counter()
     skipped: list[str] = []
     keep = []
+    rates = [None if isinstance(p, tuple) else p for p in problems]
+    manifest = manifest.with_rates(rates)
     for i, (entry, problem) in enumerate(zip(manifest.entries, problems, strict=True)):
-        if problem is None and entry.num_samples < receptive_field:
+        problem = problem if isinstance(problem, tuple) else None
+        length = entry.samples_at(sample_rate)
+        if problem is None and length < receptive_field:
             problem = (
                 "too short",
                 (
-                    f"{entry.num_samples} samples, shorter than the feature encoder's receptive "
-                    f"field ({receptive_field} samples)"
+                    f"{length} samples at {sample_rate} Hz, shorter than the feature "
+                    f"encoder's receptive field ({receptive_field} samples)"
                 ),
             )
         if problem is not None:
@@ -386,7 +411,7 @@ def check_manifest(
             skipped.append(f"{manifest.where(i)}: {detail}")
             dropped[kind] += 1
             continue
-        if entry.num_samples < min_sample_size:
+        if length < min_sample_size:
             dropped[f"shorter than min_sample_size={min_sample_size}"] += 1
             continue
         keep.append(i)

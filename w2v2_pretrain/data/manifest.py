@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,11 +22,21 @@ from w2v2_pretrain.errors import DataError
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One utterance: its path relative to the root, its length in samples and manifest line."""
+    """One utterance: its path relative to the root, its length in samples at the file's own
+    rate (as fairseq writes it), its manifest line, and the file's rate once a header was read.
+    """
 
     path: str
     num_samples: int
     line: int
+    sample_rate: int | None = None
+
+    def samples_at(self, rate: int) -> int:
+        """The length at ``rate`` (what it holds after resampling; as is if the rate is
+        unknown)."""
+        if self.sample_rate is None or self.sample_rate == rate:
+            return self.num_samples
+        return self.num_samples * rate // self.sample_rate
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,13 @@ class Manifest:
     def select(self, keep: list[int]) -> Manifest:
         return Manifest(self.source, self.root, tuple(self.entries[i] for i in keep))
 
+    def with_rates(self, rates: list[int | None]) -> Manifest:
+        """The same entries with each file's sample rate recorded."""
+        entries = tuple(
+            replace(e, sample_rate=r) for e, r in zip(self.entries, rates, strict=True)
+        )
+        return Manifest(self.source, self.root, entries)
+
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Parse and check a manifest; every problem is a `DataError` naming the file and line.
@@ -74,6 +91,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not root.is_dir():
         raise DataError(f"{path}:1: root {root} does not exist or is not a directory")
     entries = []
+    seen: dict[str, int] = {}
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -93,6 +111,12 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         full = (root / rel).resolve()
         if not full.is_relative_to(root):
             raise DataError(f"{path}:{n}: path {rel!r} escapes the root {root}")
+        if str(full) in seen:
+            raise DataError(
+                f"{path}:{n}: {rel!r} is listed again (first at line {seen[str(full)]}): each "
+                "file once, or it would count twice per epoch"
+            )
+        seen[str(full)] = n
         entries.append(ManifestEntry(rel, num, n))
     return Manifest(path, root, tuple(entries))
 

@@ -105,6 +105,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             "code_counts", torch.zeros(q.num_groups * q.num_vars), persistent=False
         )
         self._update: torch.Tensor | None = None  # this rank's sums of the update in progress
+        self._update_bad_files: tuple[str, ...] = ()  # and the files it left out
         self._val: torch.Tensor | None = None
         # skipped updates and files left out, so far (all ranks), and bad updates in a row
         self.register_buffer("_counters", torch.zeros(2, dtype=torch.float64), persistent=False)
@@ -174,6 +175,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def _note_bad_files(self, batch: Batch) -> None:
+        self._update_bad_files += batch.bad_files
         for entry in batch.bad_files:
             log.warning("left out %s", entry)
             if self.bad_files_log is not None:
@@ -239,14 +241,16 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         once per update and drops the gradients of a bad update (it then skips every
         parameter). Under 16-mixed the grad scaler skips non-finite gradients itself.
         """
+        mine, self._update_bad_files = self._update_bad_files, ()
         if self.on_bad_file == BadFilePolicy.error and int(sums[_AT["bad_files"]]):
             for p in params:
                 p.grad = None
+            first = f": {mine[0]}" if mine else ""
             raise DataError(
                 f"{int(sums[_AT['bad_files']])} file(s) could not be decoded in update "
-                f"{self.global_step} (named in the log and bad_files.tsv); data.on_bad_file="
-                "error stops here, with a checkpoint: remove them from the manifest (or set "
-                "data.on_bad_file=skip) and resume"
+                f"{self.global_step}{first} (all in bad_files.tsv); data.on_bad_file=error "
+                "stops here: remove them from the manifest (or set data.on_bad_file=skip) "
+                "and resume"
             )
         if _takes_found_inf(optimizer) and not self._grad_scaler():
             optimizer.found_inf = (~ok).float()

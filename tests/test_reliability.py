@@ -316,3 +316,134 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(ckpts.glob(".*.tmp"))  # the stale temporary file is gone
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 14
+
+
+# -- bad settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.masking.mask_prob=1.5"], "error: model.masking.mask_prob: must be in [0, 1)"),
+        (
+            ["model.masking.mask_length=200"],
+            "error: model.masking.mask_length (200 frames) is not shorter than the longest clip",
+        ),
+        (
+            ["data.max_tokens=20000"],
+            "error: data.max_tokens (20000) is below data.max_sample_size (40000)",
+        ),
+        (
+            ["model.objective.num_negatives=500"],
+            "error: model.objective.num_negatives (500) exceeds the other masked frames",
+        ),
+        (["data.collate=pad"], "error: data.collate=pad with model.feature_encoder.mode="),
+        (["data.collate=trim"], "error: data.collate: expected one of 'crop', 'pad', got 'trim'"),
+        (  # typed by the structured config: Hydra itself names the key and the choices
+            ["model.feature_encoder.mode=batch_norm"],
+            "Invalid value 'batch_norm', expected one of [group_norm, layer_norm]",
+        ),
+        (["ckpt_path=/nowhere.ckpt", "resume=true"], "error: ckpt_path and resume=true both"),
+        (["data.audio_per_update=-3h"], "error: data.audio_per_update: must be positive"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
+    proc = run_cli(*FAST, *overrides, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    if message.startswith("error: "):  # ours: the last line
+        assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    else:
+        assert message in proc.stderr, proc.stderr[-2000:]
+
+
+# -- bad checkpoints ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real training checkpoint of the demo model (2 updates)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    manifests = small_manifests(tmp, 6)
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={tmp / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return manifests, tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+class Payload:
+    """Unpickled blindly, this runs a shell command (it creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path, trained):
+    """Missing, truncated, foreign and code-carrying files, and a checkpoint of another model,
+    given to ckpt_path or found by resume=true: a one-line error each; no code runs."""
+    manifests, good = trained
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "extra": Payload(marker)}, evil)
+    base = [*FAST, f"data.manifest_dir={manifests}", "trainer.max_steps=4"]
+    cases = {
+        tmp_path / "missing.ckpt": "does not exist",
+        truncated: "not a readable checkpoint (truncated or corrupt?)",
+        foreign: "not a w2v2-pretrain training checkpoint",
+        evil: "refused: not plain tensors and data (it holds posix.system)",
+    }
+    for path, message in cases.items():
+        proc = run_cli(*base, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}")
+        assert proc.returncode == 2 and message in last_error(proc), (path, proc.stderr[-2000:])
+        assert str(path) in last_error(proc)
+    assert not marker.exists()
+
+    other = run_cli(
+        *base,
+        f"ckpt_path={good}",
+        "model.context_network.num_layers=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert other.returncode == 2
+    assert "trained with other model settings (model.context_network.num_layers: 4 -> 2)" in (
+        last_error(other)
+    )
+
+    # resume=true finds a truncated last.ckpt in the run folder
+    run = tmp_path / "resumed"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
+    proc = run_cli(*base, "resume=true", f"hydra.run.dir={run}")
+    assert proc.returncode == 2 and "last.ckpt: not a readable checkpoint" in last_error(proc)
+
+
+def test_export_and_extract_refuse_code_carrying_files(tmp_path):
+    """w2v2-export and w2v2-extract load with weights_only=True: a file that would run code
+    when unpickled is refused with one line, and the code does not run."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "model.pt"
+    torch.save({"format": "w2v2-pretrain/model-state/1", "config": Payload(marker)}, evil)
+    write_tone(tmp_path / "a.flac", 1.0)
+    for args in (
+        ["w2v2_pretrain.cli.export", str(evil), str(tmp_path / "hf")],
+        ["w2v2_pretrain.cli.extract", str(evil), str(tmp_path / "a.flac"), str(tmp_path / "f")],
+    ):
+        proc = subprocess.run([CLI[0], "-m", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip() == (
+            f"error: {evil}: refused: not plain tensors and data (it holds posix.system); "
+            "weights-only loading never runs code from a file"
+        )
+    assert not marker.exists()

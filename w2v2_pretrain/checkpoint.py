@@ -71,7 +71,7 @@ def load_file(path: str | Path, what: str = "model file") -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        unsupported = re.search(r"GLOBAL ([\w.]+)", str(e))
         detail = f" (it holds {unsupported.group(1)})" if unsupported else ""
         raise DataError(
             f"{path}: refused: not plain tensors and data{detail}; weights-only loading "

@@ -1,6 +1,8 @@
-"""Where the repository's own folders are (configs, the demo corpus)."""
+"""Where the package's configs and, in a source checkout, the demo corpus are."""
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "configs"  # shipped in the package: a wheel finds them anywhere
+CONFIG_MODULE = "pkg://w2v2_pretrain.configs"
+REPO_ROOT = PACKAGE_DIR.parent  # a source checkout's root (data/ holds the demo corpus)

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from w2v2_pretrain.cli import friendly_errors
-from w2v2_pretrain.paths import CONFIG_DIR
+from w2v2_pretrain.paths import CONFIG_MODULE
 from w2v2_pretrain.train import TrainResult, register_configs, train
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
@@ -59,7 +59,7 @@ def summary(result: TrainResult) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
     result = train(cfg)

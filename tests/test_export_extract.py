@@ -115,3 +115,50 @@ def test_export_missing_model_is_one_line(tmp_path):
     proc = run("w2v2_pretrain.cli.export", str(tmp_path / "nope.ckpt"), str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope.ckpt'}: model file not found"
+
+
+def test_input_contract_travels_with_the_model(tmp_path):
+    """A model trained on normalized input records it: w2v2-extract normalizes by default,
+    w2v2-export writes a preprocessor_config.json that transformers' AutoFeatureExtractor
+    loads with do_normalize, and feature extractor + model there equal our extraction."""
+    from transformers import AutoFeatureExtractor
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.input.normalize = True
+    model = Wav2Vec2Model(cfg).eval()
+    save_model(model, tmp_path / "model.pt")
+    assert load_model(tmp_path / "model.pt").cfg.input.normalize
+    proc = run("w2v2_pretrain.cli.export", str(tmp_path / "model.pt"), str(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr
+    fe = AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
+    assert fe.do_normalize is True and fe.sampling_rate == 16_000
+    assert fe.return_attention_mask is False  # group-norm encoder: never padded
+    assert load_model(tmp_path / "hf").cfg.input.normalize  # and back
+
+    wav = write_tone(tmp_path / "a.wav", 1.5)[:, 0] * 2.0
+    sf.write(tmp_path / "a.wav", wav, 16_000, subtype="FLOAT")
+    proc = run(
+        "w2v2_pretrain.cli.extract",
+        str(tmp_path / "hf"),
+        str(tmp_path / "a.wav"),
+        str(tmp_path / "feats"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "normalized: True" in proc.stdout
+    ours = np.load(tmp_path / "feats" / "a.npy")
+    hf = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    inputs = fe(wav, sampling_rate=16_000, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf.wav2vec2(inputs.input_values).last_hidden_state[0].numpy()
+    # the two normalisations differ only in epsilon (fairseq's 1e-5, transformers' 1e-7)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+    raw = run(
+        "w2v2_pretrain.cli.extract",
+        str(tmp_path / "hf"),
+        str(tmp_path / "a.wav"),
+        str(tmp_path / "raw"),
+        "--no-normalize",
+    )
+    assert raw.returncode == 0 and "normalized: False" in raw.stdout
+    assert not np.allclose(np.load(tmp_path / "raw" / "a.npy"), ours, atol=1e-3)

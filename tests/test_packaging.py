@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-from pathlib import Path
 
 from test_training import small_manifests
 

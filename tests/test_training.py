@@ -321,3 +321,19 @@ def test_lr_schedule_warmup_then_linear_decay():
         polynomial_decay(opt, total_steps=-1)
     with pytest.raises(ConfigError, match="exceeds total_steps"):
         polynomial_decay(opt, total_steps=10, warmup=20)
+
+
+def test_data_follows_the_models_input_contract(tmp_path):
+    """LARGE normalizes its input: the data module follows model.input; setting the data side
+    alone against the model is refused (the model would record the wrong contract)."""
+    manifests = f"data.manifest_dir={REPO_ROOT / 'data' / 'manifests'}"
+    cfg = compose_cfg(
+        ["experiment=large_librivox", "trainer.accelerator=cpu", manifests], tmp_path
+    )
+    datamodule, module, _ = build(cfg)
+    assert datamodule.normalize is True and module.cfg.input.normalize is True
+    cfg = compose_cfg([*FAST, "data.normalize=true"], tmp_path)
+    from w2v2_pretrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.normalize=True but model.input.normalize=False"):
+        build(cfg)

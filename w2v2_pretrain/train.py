@@ -118,6 +118,13 @@ def check_combinations(model: Any, datamodule: Any) -> None:
     def frames(samples: int) -> int:
         return int(frame_lengths(torch.tensor([samples]), model.feature_encoder.conv_layers)[0])
 
+    for name in ("sample_rate", "normalize"):
+        if getattr(datamodule, name) != getattr(model.input, name):
+            raise ConfigError(
+                f"data.{name}={getattr(datamodule, name)} but model.input.{name}="
+                f"{getattr(model.input, name)}: set model.input.{name} (the data follows it, "
+                "and it is recorded with the model so extraction applies it)"
+            )
     mk, ob = model.masking, model.objective
     longest = frames(datamodule.max_sample_size)
     shortest = frames(max(datamodule.min_sample_size, model.receptive_field))

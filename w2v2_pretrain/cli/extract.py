@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--normalize",
-        action="store_true",
-        help="zero-mean unit-variance input (use if the model was trained so)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="zero-mean unit-variance input; default: as the model was trained "
+        "(its recorded input contract)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     from w2v2_pretrain.data.manifest import read_manifest
 
     model = load_model(args.model).to(args.device)
+    contract = model.cfg.input
+    normalize_input = contract.normalize if args.normalize is None else args.normalize
     depth = model.cfg.context_network.num_layers
     if args.layer is not None and not 1 <= args.layer <= depth:
         raise DataError(f"--layer {args.layer}: the model has layers 1..{depth}")
@@ -68,20 +72,23 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(src, None, str(src), Path(src.stem + ".npy"))]
     out_dir = Path(args.out_dir)
     for path, expected, where, rel in jobs:
-        wav = read_audio(path, expected_samples=expected, where=where)
+        wav = read_audio(path, contract.sample_rate, expected_samples=expected, where=where)
         if len(wav) < model.cfg.receptive_field:
             raise DataError(
                 f"{where}: {len(wav)} samples, shorter than the feature encoder's "
                 f"receptive field ({model.cfg.receptive_field} samples)"
             )
-        if args.normalize:
+        if normalize_input:
             wav = normalize(wav)
         with torch.inference_mode():
             feats = model.extract(
                 torch.from_numpy(wav)[None].to(args.device), num_layers=args.layer
             )
         _save(out_dir / rel, feats.hidden[0].float().cpu().numpy())
-    print(f"wrote {len(jobs)} files of dim {model.cfg.context_network.embed_dim} to {out_dir}")
+    print(
+        f"wrote {len(jobs)} files of dim {model.cfg.context_network.embed_dim} to {out_dir} "
+        f"(input: {contract.sample_rate} Hz, normalized: {normalize_input})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.models.config import (
     ContextNetworkConfig,
     FeatureEncoderConfig,
+    FeatureEncoderMode,
+    InputConfig,
     MaskingConfig,
     ObjectiveConfig,
     QuantizerConfig,
@@ -107,7 +109,7 @@ def to_hf_config(cfg: Wav2Vec2Config):
         feat_quantizer_dropout=cfg.dropout_features,
         layerdrop=cn.layerdrop,
         layer_norm_eps=cfg.layer_norm_eps,
-        feat_extract_norm="group" if fe.mode == "group_norm" else "layer",
+        feat_extract_norm="group" if fe.mode == FeatureEncoderMode.group_norm else "layer",
         feat_extract_activation="gelu",
         conv_dim=[c for c, _, _ in fe.conv_layers],
         conv_kernel=[k for _, k, _ in fe.conv_layers],
@@ -141,7 +143,11 @@ def from_hf_config(hf) -> Wav2Vec2Config:
             conv_layers=[
                 list(c) for c in zip(hf.conv_dim, hf.conv_kernel, hf.conv_stride, strict=True)
             ],
-            mode="group_norm" if hf.feat_extract_norm == "group" else "layer_norm",
+            mode=(
+                FeatureEncoderMode.group_norm
+                if hf.feat_extract_norm == "group"
+                else FeatureEncoderMode.layer_norm
+            ),
             conv_bias=hf.conv_bias,
             feature_grad_mult=1.0,  # transformers has no feature_grad_mult
         ),
@@ -192,10 +198,27 @@ def to_hf_model(model: Wav2Vec2Model):
     return hf.eval()
 
 
+def feature_extractor(cfg: Wav2Vec2Config):
+    """transformers' ``Wav2Vec2FeatureExtractor`` for the model's input contract: its rate,
+    its normalisation, and an attention mask only for the layer-norm encoder (the group-norm
+    encoder must see no padding, as transformers' own conversion sets it)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=cfg.input.sample_rate,
+        padding_value=0.0,
+        do_normalize=cfg.input.normalize,
+        return_attention_mask=cfg.feature_encoder.mode == FeatureEncoderMode.layer_norm,
+    )
+
+
 def export(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
-    """Write a directory that ``Wav2Vec2ForPreTraining.from_pretrained`` loads."""
+    """Write a directory that ``Wav2Vec2ForPreTraining.from_pretrained`` loads, with the
+    ``preprocessor_config.json`` that ``AutoFeatureExtractor.from_pretrained`` reads."""
     out_dir = Path(out_dir)
     to_hf_model(model).save_pretrained(out_dir)
+    feature_extractor(model.cfg).save_pretrained(out_dir)
     return out_dir
 
 
@@ -205,6 +228,11 @@ def load(path: str | Path) -> Wav2Vec2Model:
 
     hf = Wav2Vec2ForPreTraining.from_pretrained(str(path))
     cfg = from_hf_config(hf.config)
+    if (Path(path) / "preprocessor_config.json").is_file():
+        from transformers import Wav2Vec2FeatureExtractor
+
+        fe = Wav2Vec2FeatureExtractor.from_pretrained(str(path))
+        cfg.input = InputConfig(sample_rate=fe.sampling_rate, normalize=bool(fe.do_normalize))
     model = Wav2Vec2Model(cfg)
     model.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg), strict=True)
     return model.eval()

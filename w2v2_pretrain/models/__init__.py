@@ -3,6 +3,7 @@
 from w2v2_pretrain.models.config import (
     ContextNetworkConfig,
     FeatureEncoderConfig,
+    InputConfig,
     MaskingConfig,
     ObjectiveConfig,
     QuantizerConfig,
@@ -14,6 +15,7 @@ from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model, Wav2Vec2Output
 __all__ = [
     "ContextNetworkConfig",
     "FeatureEncoderConfig",
+    "InputConfig",
     "MaskingConfig",
     "ObjectiveConfig",
     "QuantizerConfig",

@@ -34,6 +34,20 @@ class FeatureEncoderMode(Choice):
 
 
 @dataclass(kw_only=True)
+class InputConfig:
+    """What the model expects of its audio: recorded with the weights in every checkpoint and
+    model state file, applied by extraction and written to transformers'
+    ``preprocessor_config.json`` by export."""
+
+    sample_rate: int = 16_000
+    """Samples per second; fairseq task ``sample_rate``. 16000."""
+
+    normalize: bool = False
+    """Zero mean and unit variance per utterance before the feature encoder; fairseq task
+    ``normalize``. BASE False, LARGE True."""
+
+
+@dataclass(kw_only=True)
 class FeatureEncoderConfig:
     """The convolutional feature encoder f: X -> Z (paper section 2)."""
 
@@ -170,8 +184,9 @@ class ObjectiveConfig:
 
 @dataclass(kw_only=True)
 class Wav2Vec2Config:
-    """The whole model: parts plus the projections between them."""
+    """The whole model: parts plus the projections between them, and its input contract."""
 
+    input: InputConfig = field(default_factory=InputConfig)
     feature_encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     context_network: ContextNetworkConfig = field(default_factory=ContextNetworkConfig)
@@ -235,6 +250,7 @@ class Wav2Vec2Config:
             self.objective,
         )
         checks = [
+            (self.input.sample_rate > 0, "input.sample_rate", "must be positive"),
             (len(fe.conv_layers) > 0, "feature_encoder.conv_layers", "must not be empty"),
             (
                 all(len(c) == 3 and min(c) > 0 for c in fe.conv_layers),
@@ -318,6 +334,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 _SUBCONFIGS = {
+    "input": InputConfig,
     "feature_encoder": FeatureEncoderConfig,
     "masking": MaskingConfig,
     "context_network": ContextNetworkConfig,
@@ -334,6 +351,7 @@ def base() -> Wav2Vec2Config:
 def large() -> Wav2Vec2Config:
     """LARGE (317M parameters), as fairseq's LibriVox recipe."""
     cfg = base()
+    cfg.input = InputConfig(normalize=True)
     cfg.feature_encoder = FeatureEncoderConfig(
         mode=FeatureEncoderMode.layer_norm, conv_bias=True, feature_grad_mult=1.0
     )

@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@# test oracle: transformers' fairseq conversion script ships only in wheels up to 4.46
+	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/oracles transformers==4.46.3
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with the pinned stack

@@ -2,7 +2,10 @@
 
 - a ``w2v2-pretrain`` training checkpoint (``*.ckpt`` written by Lightning);
 - a model state file written by `save_model` (config + weights);
+- a fairseq wav2vec 2.0 pretraining checkpoint (``wav2vec_small.pt``-style);
 - a transformers directory (``config.json`` + weights) of a ``Wav2Vec2ForPreTraining``.
+
+Files load with ``torch.load(weights_only=True)``: nothing in a file can run code.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +66,19 @@ def _strip(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 def load_file(path: str | Path, what: str = "model file") -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint-like file, with one-line errors.
 
-    Weights-only loading never runs code from the file (a pickle can); a file that needs more
-    than tensors and plain data is refused, as is a truncated or non-checkpoint file.
+    Weights-only loading never runs code from the file (a pickle can). Besides tensors and
+    plain data, only the containers fairseq's checkpoints hold are allowed (an argparse
+    namespace, omegaconf's DictConfig, numpy scalars); anything else is refused, as is a
+    truncated or non-checkpoint file.
     """
+    from w2v2_pretrain.interop.fairseq import safe_globals
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsupported = re.search(r"GLOBAL ([\w.]+)", str(e))
         detail = f" (it holds {unsupported.group(1)})" if unsupported else ""
@@ -87,15 +96,57 @@ def load_file(path: str | Path, what: str = "model file") -> dict[str, Any]:
     return obj
 
 
+@dataclass
+class ModelSource:
+    """A model's config and weights as read from a file or folder, and what it recorded.
+
+    ``known``: the dotted config fields the source itself recorded (None: all of them); the
+    others are this package's defaults. ``num_updates``: updates it was trained for, if known.
+    """
+
+    kind: str
+    """``w2v2-pretrain``, ``fairseq`` or ``transformers``."""
+    config: Wav2Vec2Config
+    state_dict: dict[str, torch.Tensor]
+    known: set[str] | None = None
+    num_updates: int | None = None
+
+
+def read_model_source(path: str | Path) -> ModelSource:
+    """Config and weights from any supported form (checked to fit each other)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DataError(f"{path}: directory without config.json (not a transformers model)")
+        from w2v2_pretrain.interop.hf import read_hf
+
+        return read_hf(path)
+    obj = load_file(path)
+    from w2v2_pretrain.interop.fairseq import is_fairseq_checkpoint, read_fairseq
+
+    if is_fairseq_checkpoint(obj):
+        return read_fairseq(path, obj)
+    cfg, state, hparams = _ours(path, obj)
+    check_weights_fit(cfg, state, str(path))
+    steps = obj.get("global_step")
+    return ModelSource(
+        "w2v2-pretrain", cfg, state, None, int(steps) if steps is not None else None
+    )
+
+
 def read_checkpoint(path: str | Path) -> tuple[Wav2Vec2Config, dict[str, Any], dict[str, Any]]:
     """(config, model state dict, extra) of a training checkpoint or model state file.
 
     ``extra`` holds the training checkpoint's other hyperparameters (e.g. the data config).
     """
-    path = Path(path)
-    obj = load_file(path)
+    return _ours(Path(path), load_file(path))
+
+
+def _ours(
+    path: Path, obj: dict[str, Any]
+) -> tuple[Wav2Vec2Config, dict[str, Any], dict[str, Any]]:
     if "state_dict" not in obj:
-        raise DataError(f"{path}: not a w2v2-pretrain checkpoint or model state file")
+        raise DataError(f"{path}: not a w2v2-pretrain, fairseq or transformers checkpoint")
     try:
         if obj.get("format") == STATE_FORMAT:
             return Wav2Vec2Config.from_dict(obj["config"]), obj["state_dict"], {}
@@ -109,16 +160,9 @@ def read_checkpoint(path: str | Path) -> tuple[Wav2Vec2Config, dict[str, Any], d
 
 
 def config_differences(a: Wav2Vec2Config, b: Wav2Vec2Config) -> list[str]:
-    """``field: a -> b`` for every dotted model field that differs."""
-
-    def flat(d: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-        return out
-
-    fa, fb = flat(a.to_dict()), flat(b.to_dict())
-    return [f"{k}: {fa[k]} -> {fb[k]}" for k in fa if fa[k] != fb[k]]
+    """``model.field: a -> b`` for every model field that differs."""
+    fa, fb = a.flat(), b.flat()
+    return [f"model.{k}: {fa[k]} -> {fb[k]}" for k in fa if fa[k] != fb[k]]
 
 
 def check_weights_fit(cfg: Wav2Vec2Config, state: dict[str, Any], where: str) -> None:
@@ -142,16 +186,9 @@ def check_weights_fit(cfg: Wav2Vec2Config, state: dict[str, Any], where: str) ->
 
 
 def load_model(path: str | Path) -> Wav2Vec2Model:
-    """A `Wav2Vec2Model` in eval mode from a checkpoint, state file or transformers directory."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise DataError(f"{path}: directory without config.json (not a transformers export)")
-        from w2v2_pretrain.interop.hf import load
-
-        return load(path)
-    cfg, state, _ = read_checkpoint(path)
-    check_weights_fit(cfg, state, str(path))
-    model = Wav2Vec2Model(cfg)
-    model.load_state_dict(state, strict=True)
+    """A `Wav2Vec2Model` in eval mode from a checkpoint, model state file, fairseq checkpoint
+    or transformers directory."""
+    source = read_model_source(path)
+    model = Wav2Vec2Model(source.config)
+    model.load_state_dict(source.state_dict, strict=True)
     return model.eval()

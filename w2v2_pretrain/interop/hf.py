@@ -6,12 +6,12 @@ Our module names follow the paper; this table is the one place that knows transf
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.interop.names import Renames
 from w2v2_pretrain.models.config import (
     ContextNetworkConfig,
     FeatureEncoderConfig,
@@ -25,40 +25,28 @@ from w2v2_pretrain.models.config import (
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model
 
 # (our prefix, transformers' prefix); {i} stands for a layer index
-_OURS_BLOCK, _HF_BLOCK = "context_network.layers.{i}.", "wav2vec2.encoder.layers.{i}."
-_OURS_CONV, _HF_CONV = (
-    "feature_encoder.conv_layers.{i}.",
-    "wav2vec2.feature_extractor.conv_layers.{i}.",
+_BLOCK, _HF_BLOCK = "context_network.layers.{i}.", "wav2vec2.encoder.layers.{i}."
+_CONV, _HF_CONV = "feature_encoder.conv_layers.{i}.", "wav2vec2.feature_extractor.conv_layers.{i}."
+NAMES = Renames(
+    [
+        (_CONV + "conv.", _HF_CONV + "conv."),
+        (_CONV + "norm.", _HF_CONV + "layer_norm."),
+        ("layer_norm.", "wav2vec2.feature_projection.layer_norm."),
+        ("post_extract_proj.", "wav2vec2.feature_projection.projection."),
+        ("mask_embedding", "wav2vec2.masked_spec_embed"),
+        ("context_network.pos_conv.conv.", "wav2vec2.encoder.pos_conv_embed.conv."),
+        ("context_network.layer_norm.", "wav2vec2.encoder.layer_norm."),
+        (_BLOCK + "attention.", _HF_BLOCK + "attention."),
+        (_BLOCK + "attention_layer_norm.", _HF_BLOCK + "layer_norm."),
+        (_BLOCK + "ffn.fc1.", _HF_BLOCK + "feed_forward.intermediate_dense."),
+        (_BLOCK + "ffn.fc2.", _HF_BLOCK + "feed_forward.output_dense."),
+        (_BLOCK + "final_layer_norm.", _HF_BLOCK + "final_layer_norm."),
+        ("quantizer.codebook", "quantizer.codevectors"),
+        ("quantizer.logits_proj.", "quantizer.weight_proj."),
+        ("project_q.", "project_q."),
+        ("final_proj.", "project_hid."),
+    ]
 )
-_RENAMES = [
-    (_OURS_CONV + "conv.", _HF_CONV + "conv."),
-    (_OURS_CONV + "norm.", _HF_CONV + "layer_norm."),
-    ("layer_norm.", "wav2vec2.feature_projection.layer_norm."),
-    ("post_extract_proj.", "wav2vec2.feature_projection.projection."),
-    ("mask_embedding", "wav2vec2.masked_spec_embed"),
-    ("context_network.pos_conv.conv.", "wav2vec2.encoder.pos_conv_embed.conv."),
-    ("context_network.layer_norm.", "wav2vec2.encoder.layer_norm."),
-    (_OURS_BLOCK + "attention.", _HF_BLOCK + "attention."),
-    (_OURS_BLOCK + "attention_layer_norm.", _HF_BLOCK + "layer_norm."),
-    (_OURS_BLOCK + "ffn.fc1.", _HF_BLOCK + "feed_forward.intermediate_dense."),
-    (_OURS_BLOCK + "ffn.fc2.", _HF_BLOCK + "feed_forward.output_dense."),
-    (_OURS_BLOCK + "final_layer_norm.", _HF_BLOCK + "final_layer_norm."),
-    ("quantizer.codebook", "quantizer.codevectors"),
-    ("quantizer.logits_proj.", "quantizer.weight_proj."),
-    ("project_q.", "project_q."),
-    ("final_proj.", "project_hid."),
-]
-
-
-def _rename(name: str, to_hf: bool) -> str:
-    """Map one parameter name to transformers' (``to_hf``) or back; KeyError if unknown."""
-    for ours, theirs in _RENAMES:
-        src, dst = (ours, theirs) if to_hf else (theirs, ours)
-        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)")
-        new, n = re.subn(pattern, dst.replace("{i}", r"\1"), name)
-        if n:
-            return new
-    raise KeyError(name)
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> dict:
@@ -67,7 +55,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> dic
     for name, t in state.items():
         if name == "quantizer.codebook":
             t = t.reshape(1, -1, t.shape[-1])  # (G, V, d) -> (1, G*V, d)
-        out[_rename(name, True)] = t
+        out[NAMES.to_theirs(name)] = t
     return out
 
 
@@ -76,7 +64,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> d
     out = {}
     for name, t in state.items():
         try:
-            ours = _rename(name, False)
+            ours = NAMES.to_ours(name)
         except KeyError:
             continue
         if ours == "quantizer.codebook":
@@ -222,17 +210,62 @@ def export(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def load(path: str | Path) -> Wav2Vec2Model:
-    """Our model from a transformers directory (ours or any ``Wav2Vec2ForPreTraining``)."""
-    from transformers import Wav2Vec2ForPreTraining
+# fields a transformers config does not hold (or holds for fine-tuning: its masking)
+HF_UNKNOWN = {
+    "feature_encoder.feature_grad_mult",
+    "objective.feature_penalty_weight",
+    "objective.cross_sample_negatives",
+    "quantizer.temperature",
+    "masking.mask_prob",
+    "masking.mask_length",
+    "masking.min_masks",
+    "masking.channel_prob",
+    "masking.channel_length",
+}
+_HEADS = ("quantizer.", "project_q.", "project_hid.")
 
-    hf = Wav2Vec2ForPreTraining.from_pretrained(str(path))
-    cfg = from_hf_config(hf.config)
-    if (Path(path) / "preprocessor_config.json").is_file():
+
+def read_hf(path: str | Path):
+    """Config and weights of a transformers ``Wav2Vec2ForPreTraining`` directory (with its
+    ``preprocessor_config.json``, if any, as the input contract)."""
+    from transformers import AutoConfig, Wav2Vec2ForPreTraining
+
+    from w2v2_pretrain.checkpoint import ModelSource
+    from w2v2_pretrain.errors import DataError
+
+    path = Path(path)
+    hf_cfg = AutoConfig.from_pretrained(str(path))
+    if hf_cfg.model_type != "wav2vec2":
+        raise DataError(f"{path}: a {hf_cfg.model_type!r} model, not wav2vec2")
+    if getattr(hf_cfg, "add_adapter", False):
+        raise DataError(f"{path}: adapter layers (add_adapter=true) cannot be mapped")
+    try:
+        cfg = from_hf_config(hf_cfg)
+    except ConfigError as e:
+        raise DataError(f"{path}: {e}") from None
+    hf, info = Wav2Vec2ForPreTraining.from_pretrained(str(path), output_loading_info=True)
+    heads = sorted(k for k in info["missing_keys"] if k.startswith(_HEADS))
+    if heads:
+        kind = ", ".join(hf_cfg.architectures or []) or "a model"
+        raise DataError(
+            f"{path}: no quantizer weights ({heads[0]} missing): {kind} saved for fine-tuning "
+            "or feature extraction; continued pretraining and export need a "
+            "Wav2Vec2ForPreTraining checkpoint"
+        )
+    if (path / "preprocessor_config.json").is_file():
         from transformers import Wav2Vec2FeatureExtractor
 
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(path))
         cfg.input = InputConfig(sample_rate=fe.sampling_rate, normalize=bool(fe.do_normalize))
-    model = Wav2Vec2Model(cfg)
-    model.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg), strict=True)
+    known = set(cfg.flat()) - HF_UNKNOWN
+    if not (path / "preprocessor_config.json").is_file():
+        known -= {"input.sample_rate", "input.normalize"}
+    return ModelSource("transformers", cfg, from_hf_state_dict(hf.state_dict(), cfg), known)
+
+
+def load(path: str | Path) -> Wav2Vec2Model:
+    """Our model from a transformers directory (ours or any ``Wav2Vec2ForPreTraining``)."""
+    source = read_hf(path)
+    model = Wav2Vec2Model(source.config)
+    model.load_state_dict(source.state_dict, strict=True)
     return model.eval()

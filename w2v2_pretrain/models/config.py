@@ -235,6 +235,29 @@ class Wav2Vec2Config:
             dict_factory=lambda kv: {k: str(v) if isinstance(v, Choice) else v for k, v in kv},
         )
 
+    def flat(self) -> dict[str, Any]:
+        """Every field as ``{"context_network.dropout": 0.1, ...}`` (choices as names)."""
+
+        def walk(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out |= walk(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+            return out
+
+        return walk(self.to_dict(), "")
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> Wav2Vec2Config:
+        """The inverse of `flat` (validated names, as `from_dict`)."""
+        nested: dict[str, Any] = {}
+        for key, value in flat.items():
+            *parents, leaf = key.split(".")
+            node = nested
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return cls.from_dict(nested)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
         """Build from nested plain data (a checkpoint, a Hydra node); unknown keys are errors."""

@@ -1,0 +1,520 @@
+"""fairseq wav2vec 2.0 pretraining checkpoints, both ways, without fairseq installed.
+
+Reads the three forms fairseq has saved (``wav2vec_small.pt``-style ``args`` namespaces of
+fairseq <= 0.10; a pickled omegaconf ``DictConfig``, Oct 2020 - Mar 2021; a plain ``cfg`` dict
+since), with either weight-norm naming of the positional conv; writes the current form, which
+fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. Loading never unpickles
+blindly: ``torch.load(weights_only=True)`` with exactly the classes these files hold
+allow-listed. This table and the field mapping are the one place that knows fairseq's names.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.interop.names import Renames
+from w2v2_pretrain.models.config import (
+    ContextNetworkConfig,
+    FeatureEncoderConfig,
+    FeatureEncoderMode,
+    InputConfig,
+    MaskingConfig,
+    ObjectiveConfig,
+    QuantizerConfig,
+    Wav2Vec2Config,
+)
+from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model
+
+if TYPE_CHECKING:
+    from w2v2_pretrain.checkpoint import ModelSource
+
+log = logging.getLogger(__name__)
+
+_CONV, _FS_CONV = "feature_encoder.conv_layers.{i}.", "feature_extractor.conv_layers.{i}."
+_BLOCK, _FS_BLOCK = "context_network.layers.{i}.", "encoder.layers.{i}."
+_POS = "context_network.pos_conv.conv."
+_COMMON = [
+    ("mask_embedding", "mask_emb"),
+    (_CONV + "conv.", _FS_CONV + "0."),
+    ("layer_norm.", "layer_norm."),
+    ("post_extract_proj.", "post_extract_proj."),
+    (_POS + "bias", "encoder.pos_conv.0.bias"),
+    (_POS + "parametrizations.weight.original0", "encoder.pos_conv.0.weight_g"),
+    (_POS + "parametrizations.weight.original1", "encoder.pos_conv.0.weight_v"),
+    ("context_network.layer_norm.", "encoder.layer_norm."),
+    (_BLOCK + "attention_layer_norm.", _FS_BLOCK + "self_attn_layer_norm."),
+    (_BLOCK + "attention.", _FS_BLOCK + "self_attn."),
+    (_BLOCK + "final_layer_norm.", _FS_BLOCK + "final_layer_norm."),
+    (_BLOCK + "ffn.fc", _FS_BLOCK + "fc"),
+    ("quantizer.codebook", "quantizer.vars"),
+    ("quantizer.logits_proj.", "quantizer.weight_proj."),
+    ("project_q.", "project_q."),
+    ("final_proj.", "final_proj."),
+    # the positional conv's weight norm as torch's parametrization saves it (read only)
+    (
+        _POS + "parametrizations.weight.original0",
+        "encoder.pos_conv.0.parametrizations.weight.original0",
+    ),
+    (
+        _POS + "parametrizations.weight.original1",
+        "encoder.pos_conv.0.parametrizations.weight.original1",
+    ),
+]
+# fairseq's conv block: Sequential(conv, dropout, norm, GELU); the layer norm is
+# Sequential(TransposeLast, Fp32LayerNorm, TransposeLast), GroupNorm (layer 0 only) is not
+NAMES = {
+    FeatureEncoderMode.group_norm: Renames([(_CONV + "norm.", _FS_CONV + "2."), *_COMMON]),
+    FeatureEncoderMode.layer_norm: Renames([(_CONV + "norm.", _FS_CONV + "2.1."), *_COMMON]),
+}
+EXTRACTOR_MODES = {
+    "default": FeatureEncoderMode.group_norm,
+    "layer_norm": FeatureEncoderMode.layer_norm,
+}
+
+
+# -- what loading allows ------------------------------------------------------------------
+
+
+def safe_globals() -> list[Any]:
+    """Exactly the classes fairseq's wav2vec 2.0 checkpoints pickle (besides tensors):
+    argparse.Namespace (fairseq <= 0.10), a plain omegaconf DictConfig with its metadata
+    (Oct 2020 - Mar 2021), the type objects that metadata names, numpy scalars and arrays
+    (values in ``extra_state``)."""
+    import argparse
+    import collections
+    import typing
+
+    import numpy as np
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+
+    found = [
+        argparse.Namespace,
+        collections.defaultdict,
+        typing.Any,
+        dict,
+        list,
+        tuple,
+        int,
+        float,
+        str,
+        bool,
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        StringNode,
+        IntegerNode,
+        FloatNode,
+        BooleanNode,
+        np.ndarray,
+        np.dtype,
+        *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
+    ]
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / 1
+    found += [core.multiarray._reconstruct, core.multiarray.scalar]
+    return found
+
+
+def is_fairseq_checkpoint(obj: dict[str, Any]) -> bool:
+    return isinstance(obj, dict) and "model" in obj and ("cfg" in obj or "args" in obj)
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    """A config section as a plain dict (from a dict, a DictConfig or a Namespace)."""
+    import argparse
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if section is None:
+        return {}
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section, resolve=True)
+    if isinstance(section, argparse.Namespace):
+        section = vars(section)
+    if not isinstance(section, dict):
+        return {}
+    return {k: vars(v) if isinstance(v, argparse.Namespace) else v for k, v in section.items()}
+
+
+def _sections(obj: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(model, task, criterion) settings of either era: ``cfg`` sections, or the flat
+    ``args`` namespace of fairseq <= 0.10 (one namespace holds all three)."""
+    if obj.get("cfg") is not None:
+        cfg = _plain(obj["cfg"])
+        return _plain(cfg.get("model")), _plain(cfg.get("task")), _plain(cfg.get("criterion"))
+    if obj.get("args") is not None:
+        flat = _plain(obj["args"])
+        return flat, flat, flat
+    raise DataError("neither cfg nor args: not a fairseq training checkpoint")
+
+
+def _literal(value: Any, name: str) -> Any:
+    """fairseq stores some settings as Python source it eval()s ("[(512, 10, 5)] * 2",
+    "(2,0.5,0.999995)"); read literals, lists, tuples, + and * of them, nothing else."""
+    if not isinstance(value, str):
+        return value
+
+    def walk(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [walk(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = walk(node.left), walk(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(ast.dump(node))
+
+    try:
+        return walk(ast.parse(value, mode="eval").body)
+    except (SyntaxError, ValueError, TypeError):
+        raise DataError(
+            f"fairseq setting {name}={value!r}: not a literal this reader takes"
+        ) from None
+
+
+# -- fairseq config -> ours ---------------------------------------------------------------
+
+# settings whose other values change the architecture or the objective: not mapped
+_REQUIRED = {
+    "quantize_targets": True,
+    "quantize_input": False,
+    "same_quantizer": False,
+    "target_glu": False,
+    "activation_fn": "gelu",
+    "layer_type": "transformer",
+    "pos_conv_depth": 1,
+    "quantizer_depth": 1,
+    "codebook_negatives": 0,
+    "negatives_from_everywhere": False,
+}
+# masking variants that only change training: read, warned about, not reproduced
+_TRAINING_ONLY = {
+    "mask_selection": "static",
+    "mask_other": 0,
+    "no_mask_overlap": False,
+    "mask_min_space": 1,
+    "require_same_masks": True,
+    "mask_dropout": 0.0,
+    "mask_channel_selection": "static",
+    "mask_channel_before": False,
+}
+
+
+def config_from_fairseq(
+    model: dict, task: dict, criterion: dict
+) -> tuple[Wav2Vec2Config, set[str]]:
+    """Our config from fairseq's model/task/criterion settings, and the fields they set."""
+    for key, want in _REQUIRED.items():
+        if (
+            key in model
+            and model[key] != want
+            and not (key == "quantize_targets" and model[key] is None)
+        ):
+            raise DataError(
+                f"fairseq setting {key}={model[key]!r}: this architecture cannot be mapped "
+                f"(only {key}={want!r})"
+            )
+    for key, want in _TRAINING_ONLY.items():
+        if key in model and model[key] not in (want, None):
+            log.warning(
+                "fairseq setting %s=%r is not reproduced here (masking uses %r)",
+                key,
+                model[key],
+                want,
+            )
+    if criterion.get("infonce") is False:
+        log.warning(
+            "fairseq criterion infonce=false (binary cross-entropy): training here uses InfoNCE"
+        )
+    mode = EXTRACTOR_MODES.get(model.get("extractor_mode", "default"))
+    if mode is None:
+        raise DataError(f"fairseq setting extractor_mode={model['extractor_mode']!r}: not mapped")
+    base = Wav2Vec2Config()
+    known: set[str] = set()
+
+    def get(key: str, ours: str, default: Any) -> Any:
+        if key in model and model[key] is not None:
+            known.add(ours)
+            return model[key]
+        return default
+
+    fe, cn, q, mk, ob = (
+        base.feature_encoder,
+        base.context_network,
+        base.quantizer,
+        base.masking,
+        base.objective,
+    )
+    embed = int(get("encoder_embed_dim", "context_network.embed_dim", cn.embed_dim))
+    final = int(get("final_dim", "final_dim", base.final_dim)) or embed
+    latent = int(get("latent_dim", "quantizer.codevector_dim", q.codevector_dim)) or final
+    conv = _literal(
+        get("conv_feature_layers", "feature_encoder.conv_layers", fe.conv_layers),
+        "conv_feature_layers",
+    )
+    temperature = _literal(
+        get("latent_temp", "quantizer.temperature", q.temperature), "latent_temp"
+    )
+    known.add("feature_encoder.mode")
+    cfg = Wav2Vec2Config(
+        input=InputConfig(
+            sample_rate=int(task.get("sample_rate") or 16_000),
+            normalize=bool(task.get("normalize") or False),
+        ),
+        feature_encoder=FeatureEncoderConfig(
+            conv_layers=[[int(v) for v in layer] for layer in conv],
+            mode=mode,
+            conv_bias=bool(get("conv_bias", "feature_encoder.conv_bias", False)),
+            feature_grad_mult=float(
+                get("feature_grad_mult", "feature_encoder.feature_grad_mult", 1.0)
+            ),
+        ),
+        masking=MaskingConfig(
+            mask_prob=float(get("mask_prob", "masking.mask_prob", mk.mask_prob)),
+            mask_length=int(get("mask_length", "masking.mask_length", mk.mask_length)),
+            channel_prob=float(get("mask_channel_prob", "masking.channel_prob", mk.channel_prob)),
+            channel_length=int(
+                get("mask_channel_length", "masking.channel_length", mk.channel_length)
+            ),
+        ),
+        context_network=ContextNetworkConfig(
+            num_layers=int(get("encoder_layers", "context_network.num_layers", cn.num_layers)),
+            embed_dim=embed,
+            ffn_dim=int(get("encoder_ffn_embed_dim", "context_network.ffn_dim", cn.ffn_dim)),
+            num_heads=int(
+                get("encoder_attention_heads", "context_network.num_heads", cn.num_heads)
+            ),
+            layer_norm_first=bool(
+                get("layer_norm_first", "context_network.layer_norm_first", False)
+            ),
+            dropout=float(get("dropout", "context_network.dropout", cn.dropout)),
+            attention_dropout=float(
+                get("attention_dropout", "context_network.attention_dropout", cn.attention_dropout)
+            ),
+            activation_dropout=float(
+                get(
+                    "activation_dropout",
+                    "context_network.activation_dropout",
+                    cn.activation_dropout,
+                )
+            ),
+            layerdrop=float(get("encoder_layerdrop", "context_network.layerdrop", cn.layerdrop)),
+            conv_pos=int(get("conv_pos", "context_network.conv_pos", cn.conv_pos)),
+            conv_pos_groups=int(
+                get("conv_pos_groups", "context_network.conv_pos_groups", cn.conv_pos_groups)
+            ),
+        ),
+        quantizer=QuantizerConfig(
+            num_groups=int(get("latent_groups", "quantizer.num_groups", q.num_groups)),
+            num_vars=int(get("latent_vars", "quantizer.num_vars", q.num_vars)),
+            codevector_dim=latent,
+            temperature=[float(t) for t in temperature],
+        ),
+        objective=ObjectiveConfig(
+            num_negatives=int(get("num_negatives", "objective.num_negatives", ob.num_negatives)),
+            cross_sample_negatives=int(
+                get(
+                    "cross_sample_negatives",
+                    "objective.cross_sample_negatives",
+                    ob.cross_sample_negatives,
+                )
+            ),
+            logit_temp=float(get("logit_temp", "objective.logit_temp", ob.logit_temp)),
+        ),
+        final_dim=final,
+        dropout_input=float(get("dropout_input", "dropout_input", base.dropout_input)),
+        dropout_features=float(get("dropout_features", "dropout_features", base.dropout_features)),
+    )
+    if "loss_weights" in criterion:
+        weights = _literal(criterion["loss_weights"], "loss_weights")
+        # fairseq: no weights means no extra losses at all
+        weights = list(weights or [0.0, 0.0]) + [0.0, 0.0]
+        cfg.objective.diversity_weight, cfg.objective.feature_penalty_weight = (
+            float(weights[0]),
+            float(weights[1]),
+        )
+        known |= {"objective.diversity_weight", "objective.feature_penalty_weight"}
+    if "normalize" in task:
+        known.add("input.normalize")
+    if "sample_rate" in task:
+        known.add("input.sample_rate")
+    return cfg.validate(), known
+
+
+def state_dict_from_fairseq(
+    state: dict[str, torch.Tensor], cfg: Wav2Vec2Config, where: str
+) -> dict[str, torch.Tensor]:
+    """fairseq's parameter names and shapes as ours (strict: every tensor must map)."""
+    if any(k.startswith("w2v_encoder.") for k in state):
+        raise DataError(
+            f"{where}: a fine-tuned model (w2v_encoder.*): it was saved without the quantizer "
+            "and projection heads that pretraining needs; use the pretraining checkpoint"
+        )
+    names = NAMES[cfg.feature_encoder.mode]
+    out = {}
+    for name, t in state.items():
+        try:
+            ours = names.to_ours(name)
+        except KeyError:
+            raise DataError(
+                f"{where}: fairseq parameter {name!r} has no counterpart here"
+            ) from None
+        if ours == "quantizer.codebook":
+            t = t.reshape(cfg.quantizer.num_groups, cfg.quantizer.num_vars, -1)
+        out[ours] = t
+    missing = {"quantizer.codebook", "quantizer.logits_proj.weight", "project_q.weight"} - set(out)
+    if missing:
+        raise DataError(
+            f"{where}: no quantizer weights ({sorted(missing)[0]} missing): a model saved for "
+            "fine-tuning or feature extraction only"
+        )
+    if "post_extract_proj.weight" not in out:  # fairseq omits it when the widths agree
+        dim = cfg.context_network.embed_dim
+        out["post_extract_proj.weight"] = torch.eye(dim)
+        out["post_extract_proj.bias"] = torch.zeros(dim)
+    return out
+
+
+def read_fairseq(path: str | Path, obj: dict[str, Any] | None = None) -> ModelSource:
+    """Our config and weights from a fairseq wav2vec 2.0 pretraining checkpoint."""
+    from w2v2_pretrain.checkpoint import ModelSource, check_weights_fit, load_file
+
+    path = Path(path)
+    obj = load_file(path, "fairseq checkpoint") if obj is None else obj
+    try:
+        model, task, criterion = _sections(obj)
+        if model.get("_name", model.get("arch", "wav2vec2")) not in ("wav2vec2", None):
+            raise DataError(f"a {model.get('_name') or model.get('arch')!r} model, not wav2vec2")
+        cfg, known = config_from_fairseq(model, task, criterion)
+    except DataError as e:
+        raise DataError(f"{path}: {str(e).removeprefix(f'{path}: ')}") from None
+    state = state_dict_from_fairseq(obj["model"], cfg, str(path))
+    check_weights_fit(cfg, state, str(path))
+    history = obj.get("optimizer_history") or [{}]
+    updates = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
+    return ModelSource("fairseq", cfg, state, known, int(updates) if updates is not None else None)
+
+
+# -- ours -> fairseq ------------------------------------------------------------------------
+
+
+def config_to_fairseq(cfg: Wav2Vec2Config) -> dict[str, Any]:
+    """fairseq's ``cfg`` (model, task, criterion sections) for our config: the fields of
+    fairseq's ``Wav2Vec2Config``, ``AudioPretrainingConfig`` and ``Wav2VecCriterionConfig``."""
+    fe, mk, cn, q, ob = (
+        cfg.feature_encoder,
+        cfg.masking,
+        cfg.context_network,
+        cfg.quantizer,
+        cfg.objective,
+    )
+    layers = ", ".join(f"({c}, {k}, {s})" for c, k, s in fe.conv_layers)
+    model = {
+        "_name": "wav2vec2",
+        "extractor_mode": "default" if fe.mode == FeatureEncoderMode.group_norm else "layer_norm",
+        "encoder_layers": cn.num_layers,
+        "encoder_embed_dim": cn.embed_dim,
+        "encoder_ffn_embed_dim": cn.ffn_dim,
+        "encoder_attention_heads": cn.num_heads,
+        "activation_fn": "gelu",
+        "dropout": cn.dropout,
+        "attention_dropout": cn.attention_dropout,
+        "activation_dropout": cn.activation_dropout,
+        "encoder_layerdrop": cn.layerdrop,
+        "dropout_input": cfg.dropout_input,
+        "dropout_features": cfg.dropout_features,
+        "final_dim": cfg.final_dim,
+        "layer_norm_first": cn.layer_norm_first,
+        "conv_feature_layers": f"[{layers}]",
+        "conv_bias": fe.conv_bias,
+        "logit_temp": ob.logit_temp,
+        "quantize_targets": True,
+        "quantize_input": False,
+        "same_quantizer": False,
+        "target_glu": False,
+        "feature_grad_mult": fe.feature_grad_mult,
+        "latent_vars": q.num_vars,
+        "latent_groups": q.num_groups,
+        "latent_dim": q.codevector_dim,
+        "mask_length": mk.mask_length,
+        "mask_prob": mk.mask_prob,
+        "mask_selection": "static",
+        "mask_other": 0.0,
+        "no_mask_overlap": False,
+        "mask_min_space": 1,
+        "mask_channel_length": mk.channel_length,
+        "mask_channel_prob": mk.channel_prob,
+        "mask_channel_selection": "static",
+        "mask_channel_other": 0.0,
+        "no_mask_channel_overlap": False,
+        "mask_channel_min_space": 1,
+        "num_negatives": ob.num_negatives,
+        "negatives_from_everywhere": False,
+        "cross_sample_negatives": ob.cross_sample_negatives,
+        "codebook_negatives": 0,
+        "conv_pos": cn.conv_pos,
+        "conv_pos_groups": cn.conv_pos_groups,
+        "latent_temp": list(q.temperature),
+    }
+    task = {
+        "_name": "audio_pretraining",
+        "data": "",
+        "sample_rate": cfg.input.sample_rate,
+        "normalize": cfg.input.normalize,
+        "enable_padding": False,
+    }
+    criterion = {
+        "_name": "wav2vec",
+        "infonce": True,
+        "loss_weights": [ob.diversity_weight, ob.feature_penalty_weight],
+        "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+    }
+    return {"model": model, "task": task, "criterion": criterion}
+
+
+def to_fairseq_checkpoint(model: Wav2Vec2Model, num_updates: int = 0) -> dict[str, Any]:
+    """The checkpoint dict fairseq saves since 2021 (``Trainer.state_dict``), for our model."""
+    cfg = model.cfg
+    names = NAMES[cfg.feature_encoder.mode]
+    state = {}
+    for name, t in model.state_dict().items():
+        if name == "quantizer.codebook":
+            t = t.reshape(1, -1, t.shape[-1])  # (G, V, d) -> (1, G*V, d), group-major
+        state[names.to_theirs(name)] = t.detach().clone()
+    return {
+        "args": None,
+        "cfg": config_to_fairseq(cfg),
+        "model": state,
+        "criterion": None,
+        "optimizer_history": [
+            {
+                "criterion_name": "Wav2vecCriterion",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": num_updates,
+            }
+        ],
+        "task_state": {},
+        "extra_state": {"metrics": {}, "previous_training_time": 0.0},
+    }
+
+
+def export_fairseq(model: Wav2Vec2Model, path: str | Path, num_updates: int = 0) -> Path:
+    """Write a fairseq checkpoint file (atomically)."""
+    from w2v2_pretrain.checkpoint import atomic_save
+
+    path = Path(path)
+    atomic_save(to_fairseq_checkpoint(model, num_updates), path)
+    return path

@@ -112,6 +112,63 @@ class ModelSource:
     num_updates: int | None = None
 
 
+# what a model's weights are shaped by: taken from the source when continuing to pretrain
+ARCHITECTURE = {
+    "feature_encoder.conv_layers",
+    "feature_encoder.mode",
+    "feature_encoder.conv_bias",
+    "context_network.num_layers",
+    "context_network.embed_dim",
+    "context_network.ffn_dim",
+    "context_network.num_heads",
+    "context_network.layer_norm_first",
+    "context_network.conv_pos",
+    "context_network.conv_pos_groups",
+    "quantizer.num_groups",
+    "quantizer.num_vars",
+    "quantizer.codevector_dim",
+    "final_dim",
+    "layer_norm_eps",
+}
+
+
+def config_for_init(
+    source: ModelSource, run: Wav2Vec2Config, changed: set[str], temperature: str = "end"
+) -> Wav2Vec2Config:
+    """The model config of a run that starts from ``source``'s weights.
+
+    The architecture is the source's (``changed`` may not alter it); every other setting is
+    the run's where the run set it (``changed``: dotted fields), else the source's where it
+    recorded it, else the run's. ``temperature``: ``end`` starts the Gumbel schedule where
+    the source's ended (its floor, or where ``num_updates`` left it), ``restart`` from the
+    schedule's start.
+    """
+    src, mine = source.config.flat(), run.flat()
+    known = set(src) if source.known is None else source.known
+    merged = {}
+    for key, value in src.items():
+        if key in ARCHITECTURE:
+            if key in changed and mine[key] != value:
+                raise ConfigError(
+                    f"model.{key}={mine[key]}: the architecture comes from init_from "
+                    f"({key}={value}); only training settings (dropout, masking, LayerDrop, "
+                    "loss weights, ...) can change"
+                )
+            merged[key] = value
+        else:
+            merged[key] = mine[key] if key in changed or key not in known else value
+    cfg = Wav2Vec2Config.from_flat(merged)
+    if temperature == "end":
+        start, floor, decay = cfg.quantizer.temperature
+        reached = floor
+        if source.num_updates is not None:
+            reached = max(start * decay**source.num_updates, floor)
+        cfg.quantizer.temperature = [reached, floor, decay]
+    elif temperature != "restart":
+        raise ConfigError(f"init_temperature: expected 'end' or 'restart', got {temperature!r}")
+    return cfg.validate()
+
+
 def read_model_source(path: str | Path) -> ModelSource:
     """Config and weights from any supported form (checked to fit each other)."""
     path = Path(path)

@@ -109,6 +109,65 @@ def check_resume_checkpoint(path: str, model: Any) -> None:
         log.warning("resuming %s with changed model settings: %s", path, "; ".join(changed))
 
 
+def _experiment() -> str | None:
+    """The ``experiment=`` chosen on the command line (None outside Hydra's runtime)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get("experiment")
+    except ValueError:
+        return None
+
+
+def fields_set_by_run(cfg: DictConfig) -> set[str]:
+    """Model fields this run sets itself: overridden on the command line, or departing from
+    the chosen preset (``model=...``) in an experiment file."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from w2v2_pretrain.models import Wav2Vec2Config
+    from w2v2_pretrain.models.config import preset
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed without Hydra's runtime: nothing known to be set
+        return set()
+    changed = set()
+    for override in hydra_cfg.overrides.task:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("model."):
+            changed.add(key[len("model.") :])
+    run = Wav2Vec2Config.from_dict(OmegaConf.to_container(cfg.model, enum_to_str=True)).flat()
+    name = hydra_cfg.runtime.choices.get("model")
+    if name:
+        base = preset(name).flat()
+        changed |= {k for k, v in run.items() if base.get(k) != v}
+    # a field the command line named covers the fields under it (model.masking=...)
+    return {k for k in run if k in changed or any(k.startswith(c + ".") for c in changed)}
+
+
+def model_config(cfg: DictConfig, resume_from: str | None) -> tuple[dict[str, Any], Any]:
+    """The run's model config, and the source whose weights it starts from (or None).
+
+    As composed, or, with ``init_from``, the source's architecture with the run's settings
+    (`config_for_init`); a resumed such run takes its own checkpoint as the source (the weights
+    then come with the resume), so a requeue needs neither the original source nor its
+    download."""
+    from w2v2_pretrain.checkpoint import config_for_init, read_model_source
+    from w2v2_pretrain.models import Wav2Vec2Config
+
+    composed = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
+    if not cfg.get("init_from"):
+        return composed, None
+    source = read_model_source(resume_from or cfg.init_from)
+    run = Wav2Vec2Config.from_dict(composed)
+    temperature = "restart" if resume_from else cfg.get("init_temperature", "end")
+    merged = config_for_init(source, run, fields_set_by_run(cfg), temperature)
+    if resume_from:
+        merged.quantizer.temperature = source.config.quantizer.temperature
+        return merged.to_dict(), None
+    return merged.to_dict(), source
+
+
 def check_combinations(model: Any, datamodule: Any) -> None:
     """Settings that are valid one by one but not together (one-line `ConfigError`)."""
     from w2v2_pretrain.data.dataset import CollateMode
@@ -209,8 +268,12 @@ def accumulation_for(datamodule: Any, trainer: pl.Trainer, requested: int) -> tu
     return accumulate, line
 
 
-def build(cfg: DictConfig) -> tuple[Any, Any, pl.Trainer]:
-    """The data module, the LightningModule and the Trainer (errors are ConfigError)."""
+def build(cfg: DictConfig, resume_from: str | None = None) -> tuple[Any, Any, pl.Trainer]:
+    """The data module, the LightningModule and the Trainer (errors are ConfigError).
+
+    ``resume_from``: the checkpoint the run continues from (None: a new run); with
+    ``init_from`` and no resume, the model starts from the source's weights.
+    """
     from w2v2_pretrain.training.callbacks import AtomicCheckpointIO
     from w2v2_pretrain.training.health import HealthConfig, RunHealth, RunHealthMonitor
     from w2v2_pretrain.training.module import Wav2Vec2Pretraining
@@ -221,7 +284,12 @@ def build(cfg: DictConfig) -> tuple[Any, Any, pl.Trainer]:
             "data.manifest_dir is required: a folder with train.tsv and valid.tsv "
             "(make them with `w2v2-manifest AUDIO_ROOT --dest DIR`)"
         )
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
+    if not cfg.get("init_from") and _experiment() == "continue_pretraining":
+        raise ConfigError(
+            "init_from is required by experiment=continue_pretraining: a transformers "
+            "Wav2Vec2ForPreTraining folder, a fairseq checkpoint or one of ours"
+        )
+    model_cfg, source = model_config(cfg, resume_from)
     overfit = bool(cfg.trainer.get("overfit_batches", 0))
     fixed_noise = cfg.get("fixed_noise_seed")
     if overfit and fixed_noise is None:
@@ -284,6 +352,13 @@ def build(cfg: DictConfig) -> tuple[Any, Any, pl.Trainer]:
     )
     datamodule.fixed_order = overfit
     datamodule.bad_files_log = output_dir / "bad_files.tsv"
+    if source is not None:
+        module.model.load_state_dict(source.state_dict, strict=True)
+        log.info(
+            "starting from the %s weights of %s (fresh optimizer, schedule and step)",
+            source.kind,
+            cfg.init_from,
+        )
     module.audio_per_update_line = audio_line
     return datamodule, module, trainer
 
@@ -299,7 +374,7 @@ def train(cfg: DictConfig) -> TrainResult:
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     ckpt_path = find_resume_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule, module, trainer = build(cfg)
+    datamodule, module, trainer = build(cfg, ckpt_path)
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module.cfg)
     if trainer.is_global_zero:

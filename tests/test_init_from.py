@@ -1,0 +1,162 @@
+"""Continued pretraining: init_from a transformers folder, a fairseq checkpoint or ours."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from test_training import FAST, compose_cfg, run_cli, small_manifests
+
+from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.interop.hf import to_hf_state_dict
+from w2v2_pretrain.train import build
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_pretraining_folder(path, **overrides):
+    """A Wav2Vec2ForPreTraining saved by transformers itself (another geometry than ours), with
+    transformers' fine-tuning default of masking (mask_time_prob 0.05) in its config."""
+    config = transformers.Wav2Vec2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        conv_dim=[64] * 7,
+        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+        conv_stride=[5, 2, 2, 2, 2, 2, 2],
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        num_codevectors_per_group=16,
+        num_codevector_groups=2,
+        codevector_dim=32,
+        proj_codevector_dim=32,
+        hidden_dropout=0.07,
+        **overrides,
+    )
+    torch.manual_seed(3)
+    model = transformers.Wav2Vec2ForPreTraining(config).eval()
+    model.save_pretrained(path)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(path)
+    return model
+
+
+def test_init_from_transformers_keeps_its_model_and_the_runs_settings(tmp_path):
+    theirs = hf_pretraining_folder(tmp_path / "hf")
+    manifests = small_manifests(tmp_path, 6)
+    cfg = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={manifests}",
+            f"init_from={tmp_path / 'hf'}",
+            "model.context_network.layerdrop=0.03",
+        ],
+        tmp_path / "run",
+    )
+    _, module, _ = build(cfg)
+    got = module.cfg
+    # the architecture is the source's
+    assert got.context_network.embed_dim == 64 and got.context_network.num_layers == 2
+    assert got.feature_encoder.conv_layers[0] == [64, 10, 5] and got.final_dim == 32
+    assert got.quantizer.num_vars == 16 and got.quantizer.codevector_dim == 32
+    # settings: the run's where it set them (demo's dropout 0, masking, 20 distractors; the
+    # command line's LayerDrop), the source's where it recorded them and the run did not
+    assert got.context_network.dropout == 0.0 and got.context_network.layerdrop == 0.03
+    assert got.masking.mask_prob == 0.5  # never transformers' fine-tuning 0.05
+    assert got.objective.num_negatives == 20
+    assert got.objective.feature_penalty_weight == 10.0  # transformers has none: the run's
+    assert got.quantizer.temperature[0] == got.quantizer.temperature[1] == 0.5  # at its end
+    # the weights are the source's: same tensors, same outputs
+    expected = theirs.state_dict()
+    for key, value in to_hf_state_dict(module.model.state_dict(), got).items():
+        assert torch.equal(value, expected[key]), key
+    module.model.eval()
+    x = torch.randn(2, 16_000)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.model.extract(x).hidden,
+            theirs.wav2vec2(x).last_hidden_state,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+    changed = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={manifests}",
+            f"init_from={tmp_path / 'hf'}",
+            "model.context_network.num_layers=6",
+        ],
+        tmp_path / "run2",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"model.context_network.num_layers=6: the architecture "
+        r"comes from init_from \(context_network.num_layers=2\)",
+    ):
+        build(changed)
+
+
+def test_init_from_fairseq_and_resume_without_the_source(tmp_path):
+    """A run started from a fairseq checkpoint trains with a fresh step; its requeue resumes
+    from its own checkpoint even after the source is gone."""
+    from test_fairseq import fairseq_checkpoint
+
+    from w2v2_pretrain.checkpoint import read_model_source
+
+    source = tmp_path / "wav2vec_small.pt"
+    torch.save(fairseq_checkpoint("args"), source)
+    manifests = small_manifests(tmp_path, 6)
+    run = tmp_path / "run"
+    common = [
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        f"init_from={source}",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={run}",
+        "resume=true",
+    ]
+    cfg = compose_cfg([*common, "trainer.max_steps=2"], run)
+    _, module, _ = build(cfg)
+    fs = read_model_source(source)
+    for key, value in fs.state_dict.items():
+        assert torch.equal(module.model.state_dict()[key], value), key
+    # fairseq recorded 400k updates: the temperature goes on from max(2 * d^400k, 0.5)
+    assert module.cfg.quantizer.temperature[0] == pytest.approx(max(2 * 0.999995**400_000, 0.5))
+
+    proc = run_cli(*common, "trainer.max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting from the fairseq weights" in proc.stdout + proc.stderr
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["global_step"] == 2  # a fresh step, not fairseq's 400k
+    shutil.move(source, tmp_path / "gone.pt")
+    proc = run_cli(*common, "trainer.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_init_from_refuses_a_model_saved_for_fine_tuning(tmp_path):
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=12,
+    )
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "ctc")
+    proc = run_cli(*FAST, f"init_from={tmp_path / 'ctc'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'ctc'}: no quantizer weights")
+    assert "Wav2Vec2ForCTC saved for fine-tuning" in line
+    missing = run_cli(
+        "experiment=continue_pretraining",
+        f"data.manifest_dir={small_manifests(tmp_path, 2)}",
+        f"hydra.run.dir={tmp_path / 'r2'}",
+    )
+    assert missing.returncode == 2
+    assert "error: init_from is required by experiment=continue_pretraining" in missing.stderr

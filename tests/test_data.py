@@ -147,7 +147,7 @@ def test_budget_respected_and_padding_small():
     rng = np.random.default_rng(0)
     sizes = rng.integers(32_000, 250_000, size=2000)
     s = BucketBatchSampler(sizes, max_tokens=1_400_000, seed=1)
-    batches = s.batches(0)
+    batches = [[i for i, _ in b] for b in s.batches(0)]
     assert sorted(i for b in batches for i in b) == list(range(2000))
     padded = real = 0
     for b in batches:
@@ -167,7 +167,7 @@ def test_ddp_shards_disjoint_complete_equal(world):
     for rank in range(world):
         s = BucketBatchSampler(sizes, 200_000, seed=3, num_replicas=world, rank=rank)
         s.set_epoch(2)
-        shards.append([i for batch in s for i, epoch in batch if epoch == 2])
+        shards.append([i for batch in s for i, epoch, _ in batch if epoch == 2])
         assert len(s) == len(list(s))
     lengths = {
         len(BucketBatchSampler(sizes, 200_000, seed=3, num_replicas=world, rank=r))
@@ -189,6 +189,31 @@ def test_resume_skips_consumed_batches():
     s.resume(epoch=0, consumed=3)
     s.set_epoch(1)  # the interrupted epoch had ended: the next one is whole
     assert len(list(s)) == len(full)
+
+
+def test_corpus_weights_set_each_corpus_share_of_batches():
+    """Two corpora, 100 and 20 utterances, weighted 1:1: each gives half of every epoch's
+    batches (the small one upsampled, its copies numbered), the batch count stays fixed, and
+    batches never mix corpora."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(16_000, 48_000, size=120)
+    corpora = np.array([0] * 100 + [1] * 20)
+    s = BucketBatchSampler(sizes, 96_000, seed=4, corpora=corpora, weights=[1.0, 1.0])
+    counts = set()
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        batches = list(s)
+        counts.add(len(batches))
+        from_small = [b for b in batches if corpora[b[0][0]] == 1]
+        assert abs(len(from_small) - len(batches) / 2) <= 1
+        assert all(len({corpora[i] for i, _, _ in b}) == 1 for b in batches)
+        small = [(i, c) for b in from_small for i, _, c in b]
+        assert len(set(small)) == len(small) and max(c for _, c in small) >= 1  # copies
+        assert all(len(b) * max(sizes[i] for i, _, _ in b) <= 96_000 for b in batches)
+    assert len(counts) == 1 and len(s) == counts.pop()
+    # without weights: one epoch uses each utterance exactly once
+    plain = BucketBatchSampler(sizes, 96_000, seed=4, corpora=corpora)
+    assert sorted(i for b in plain for i, _, _ in b) == list(range(120))
 
 
 def test_utterance_larger_than_budget_is_config_error():
@@ -359,3 +384,49 @@ def test_worker_error_is_one_line():
         "call last):\n  File x\nw2v2_pretrain.errors.DataError: train.tsv:3 (b.flac): bad"
     )
     assert one_line(wrapped) == "train.tsv:3 (b.flac): bad"
+
+
+def test_several_corpora_in_one_run(tmp_path):
+    """Two manifest folders with their own roots and weights 3:1: the loader draws about three
+    quarters of the batches from the first, names bad files by their own manifest, and states
+    each corpus's share at start-up."""
+    import logging
+
+    a = manifest_of(tmp_path / "a", {f"a{i}.flac": 1.0 + 0.1 * i for i in range(12)})
+    b = manifest_of(tmp_path / "b", {f"b{i}.flac": 1.0 + 0.1 * i for i in range(12)})
+    for m in (a, b):
+        (m.source.parent / "valid.tsv").write_text(m.source.read_text())
+    (b.root / "b3.flac").unlink()  # a bad file of the second corpus
+    dm = AudioDataModule(
+        [str(a.source.parent), str(b.source.parent)],
+        min_sample_size=8000,
+        max_sample_size=16_000,
+        max_tokens=32_000,
+        corpus_weights=[3, 1],
+        num_workers=0,
+    )
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("w2v2_pretrain.data.datamodule").addHandler(handler)
+    logging.getLogger("w2v2_pretrain.data.datamodule").setLevel(logging.INFO)
+    try:
+        dm.setup("fit")
+    finally:
+        logging.getLogger("w2v2_pretrain.data.datamodule").removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    assert any(
+        f"{a.source}: 12 utterances" in x and "75.0% of each epoch's batches" in x for x in lines
+    )
+    assert any(
+        f"{b.source}: 11 utterances" in x and "25.0% of each epoch's batches" in x for x in lines
+    )
+    assert any(f"{b.source}:5 (" in x and "b3.flac" in s for x in dm.skipped["train"] for s in [x])
+    ds = dm.datasets["train"]
+    corpora = ds.manifest.corpora()
+    batches = list(dm.train_dataloader())
+    first = sum(corpora[int(b.ids[0])] == 0 for b in batches)
+    assert first == round(0.75 * len(batches))
+    assert all(len({corpora[int(i)] for i in b.ids}) == 1 for b in batches)
+    # each file is read from its own corpus's root
+    assert ds.manifest.audio_path(len(ds) - 1).parent == b.root

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -18,7 +21,7 @@ from w2v2_pretrain.data.dataset import (
     VerifyLevel,
     check_manifest,
 )
-from w2v2_pretrain.data.manifest import read_manifest
+from w2v2_pretrain.data.manifest import Manifest, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.models.config import Wav2Vec2Config
@@ -30,7 +33,11 @@ class AudioDataModule(pl.LightningDataModule):
     """Pretraining data: any manifest folder made by ``w2v2-manifest`` or fairseq.
 
     Args:
-        manifest_dir: folder with ``train.tsv`` and ``valid.tsv`` (config ``data.manifest_dir``).
+        manifest_dir: folder with ``train.tsv`` and ``valid.tsv`` (config ``data.manifest_dir``),
+            or a list of such folders (several corpora, each with its own root).
+        corpus_weights: with several folders, each corpus's share of every epoch's training
+            batches (normalised; e.g. [3, 1]: three quarters from the first); None: as many
+            batches as each corpus fills.
         sample_rate: rate the model expects.
         resample: resample other rates (True) or refuse them (False).
         downmix: average multi-channel audio (True) or refuse it (False).
@@ -62,7 +69,7 @@ class AudioDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        manifest_dir: str,
+        manifest_dir: str | Sequence[str],
         sample_rate: int = 16_000,
         resample: bool = True,
         downmix: bool = True,
@@ -81,11 +88,25 @@ class AudioDataModule(pl.LightningDataModule):
         on_bad_file: BadFilePolicy | str = BadFilePolicy.skip,
         crop_alignment: int = 1,
         audio_per_update: float | str | None = None,
+        corpus_weights: Sequence[float] | None = None,
         receptive_field: int = 400,
     ) -> None:
         super().__init__()
         _check_settings(locals())
-        self.manifest_dir = Path(manifest_dir)
+        dirs = [manifest_dir] if isinstance(manifest_dir, (str, Path)) else list(manifest_dir)
+        if not dirs:
+            raise ConfigError("data.manifest_dir: no manifest folder given")
+        self.manifest_dirs = [Path(d) for d in dirs]
+        self.corpus_weights = (
+            None if corpus_weights is None else [float(w) for w in corpus_weights]
+        )
+        if self.corpus_weights is not None and (
+            len(self.corpus_weights) != len(dirs) or min(self.corpus_weights) <= 0
+        ):
+            raise ConfigError(
+                f"data.corpus_weights: one positive weight per manifest folder ({len(dirs)}), "
+                f"got {list(corpus_weights)}"
+            )
         self.sample_rate = sample_rate
         self.resample = resample
         self.downmix = downmix
@@ -130,20 +151,25 @@ class AudioDataModule(pl.LightningDataModule):
     def _load(self, split: str) -> AudioDataset:
         if split in self.datasets:
             return self.datasets[split]
-        if not self.manifest_dir.is_dir():
-            raise DataError(f"data.manifest_dir: {self.manifest_dir} is not a directory")
-        path = self.manifest_dir / f"{split}.tsv"
-        manifest, dropped, skipped = check_manifest(
-            read_manifest(path),
-            self.min_sample_size,
-            self.receptive_field,
-            verify=self.verify,
-            on_bad_file=self.on_bad_file,
-            progress=self.verify == VerifyLevel.decode,
-            sample_rate=self.sample_rate,
-            resample=self.resample,
-            downmix=self.downmix,
-        )
+        parts, dropped, skipped = [], Counter(), []
+        for folder in self.manifest_dirs:
+            if not folder.is_dir():
+                raise DataError(f"data.manifest_dir: {folder} is not a directory")
+            part, part_dropped, part_skipped = check_manifest(
+                read_manifest(folder / f"{split}.tsv"),
+                self.min_sample_size,
+                self.receptive_field,
+                verify=self.verify,
+                on_bad_file=self.on_bad_file,
+                progress=self.verify == VerifyLevel.decode,
+                sample_rate=self.sample_rate,
+                resample=self.resample,
+                downmix=self.downmix,
+            )
+            parts.append(part)
+            dropped.update(part_dropped)
+            skipped += part_skipped
+        manifest = parts[0] if len(parts) == 1 else Manifest.concat(parts)
         self.dropped[split] = dict(dropped)
         self.skipped[split] = skipped
         if skipped and self.bad_files_log is not None and self._world()[1] == 0:
@@ -161,11 +187,24 @@ class AudioDataModule(pl.LightningDataModule):
             seed=self.seed,
             crop_alignment=self.crop_alignment,
         )
-        hours = sum(e.samples_at(self.sample_rate) for e in manifest.entries)
-        hours /= self.sample_rate * 3600
-        log.info("%s: %d utterances, %.2f h", path, len(ds), hours)
+        self._describe(split, ds)
         self.datasets[split] = ds
         return ds
+
+    def _describe(self, split: str, ds: AudioDataset) -> None:
+        """Log each corpus's size and, for training, its share of every epoch's batches."""
+        corpora = np.array(ds.manifest.corpora(), dtype=np.int64)
+        for c, source in enumerate(ds.manifest.sources):
+            mine = corpora == c
+            hours = float(ds.sizes[mine].sum()) / self.sample_rate / 3600
+            line = f"{split}: {source}: {int(mine.sum())} utterances, {hours:.2f} h (cropped)"
+            if split == "train" and len(ds.manifest.sources) > 1:
+                if self.corpus_weights is None:
+                    share = mine.mean()
+                else:
+                    share = self.corpus_weights[c] / sum(self.corpus_weights)
+                line += f"; {share:.1%} of each epoch's batches"
+            log.info(line)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -190,6 +229,8 @@ class AudioDataModule(pl.LightningDataModule):
             num_replicas=replicas,
             rank=rank,
             fixed_epoch=0 if self.fixed_order else None,
+            corpora=np.array(ds.manifest.corpora(), dtype=np.int64),
+            weights=self.corpus_weights if train else None,
         )
         self._samplers[split] = s
         return s
@@ -227,12 +268,14 @@ class AudioDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if len(self._load("train")) == 0:
-            raise DataError(f"{self.manifest_dir / 'train.tsv'}: no entries to train on")
+            folders = ", ".join(str(d / "train.tsv") for d in self.manifest_dirs)
+            raise DataError(f"{folders}: no entries to train on")
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self._load("valid")) == 0:
-            log.warning("%s is empty: no validation", self.manifest_dir / "valid.tsv")
+            folders = ", ".join(str(d / "valid.tsv") for d in self.manifest_dirs)
+            log.warning("%s: empty, no validation", folders)
             return []
         return self._loader("valid")
 

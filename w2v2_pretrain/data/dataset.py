@@ -88,11 +88,12 @@ class Batch:
 
 @dataclass
 class Utterance:
-    """One decoded item; ``seed`` = (data seed, epoch, index) drives its random crops."""
+    """One decoded item; ``seed`` = (data seed, epoch, index[, copy]) drives its random crops
+    and (with the epoch and copy) its masks."""
 
     index: int
     wav: np.ndarray
-    seed: tuple[int, int, int]
+    seed: tuple[int, ...]
 
 
 @dataclass
@@ -154,7 +155,10 @@ class MaskPlanner:
         layers = [list(c) for c in self.conv_layers]
         frames = frame_lengths(lengths, layers)
         num_frames = int(frame_lengths(torch.tensor([width]), layers)[0])
-        keys = [(u.seed[1], u.index) if self.per_epoch else (u.index,) for u in items]
+        keys = [
+            (u.seed[1], u.index, *u.seed[3:]) if self.per_epoch else (u.index, *u.seed[3:])
+            for u in items
+        ]
         return draw_mask_plan(
             frames,
             num_frames,
@@ -211,10 +215,14 @@ class AudioDataset(Dataset):
             sizes = np.minimum(sizes, self.max_sample_size)
         return sizes
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Utterance | BadFile:
+    def __getitem__(self, key: int | tuple[int, ...]) -> Utterance | BadFile:
         """The decoded item, or a `BadFile` naming why it could not be used (the collator
-        leaves it out and reports it; the run's ``data.on_bad_file`` decides what follows)."""
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        leaves it out and reports it; the run's ``data.on_bad_file`` decides what follows).
+
+        ``key``: an index, or ``(index, epoch[, copy])`` as `BucketBatchSampler` yields (a
+        corpus drawn more than once per epoch numbers its copies, and each gets its own crops
+        and masks)."""
+        index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
         entry = self.manifest.entries[index]
         where = self.manifest.where(index)
         try:
@@ -231,7 +239,7 @@ class AudioDataset(Dataset):
         problem = sample_problem(wav)
         if problem:
             return BadFile(index, where, problem.detail)
-        seed = (self.seed, epoch, index)
+        seed = (self.seed, epoch, index) + ((copy,) if copy else ())
         if self.max_sample_size and len(wav) > self.max_sample_size:
             start = crop_start(
                 len(wav),
@@ -416,11 +424,11 @@ def check_manifest(
             continue
         keep.append(i)
     if not keep and len(manifest):
-        raise DataError(f"{manifest.source}: no usable entries (dropped {dict(dropped)})")
+        raise DataError(f"{manifest.name}: no usable entries (dropped {dict(dropped)})")
     if dropped:
         log.warning(
             "%s: kept %d of %d entries; dropped %s",
-            manifest.source,
+            manifest.name,
             len(keep),
             len(manifest),
             dict(dropped),

@@ -30,6 +30,8 @@ class ManifestEntry:
     num_samples: int
     line: int
     sample_rate: int | None = None
+    corpus: int = 0
+    """Which of the manifests this entry came from (several corpora in one run)."""
 
     def samples_at(self, rate: int) -> int:
         """The length at ``rate`` (what it holds after resampling; as is if the rate is
@@ -41,32 +43,66 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed manifest: the absolute audio root and its entries, in file order."""
+    """Parsed manifests: each one's file and absolute audio root, and their entries in order.
 
-    source: Path
-    root: Path
+    One manifest file in the usual case; `concat` joins several (corpora with roots of their
+    own), each entry remembering its ``corpus``.
+    """
+
+    sources: tuple[Path, ...]
+    roots: tuple[Path, ...]
     entries: tuple[ManifestEntry, ...]
+
+    @property
+    def source(self) -> Path:
+        """The (first) manifest file."""
+        return self.sources[0]
+
+    @property
+    def root(self) -> Path:
+        """The (first) manifest's audio root."""
+        return self.roots[0]
+
+    @property
+    def name(self) -> str:
+        return ", ".join(str(s) for s in self.sources)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def audio_path(self, i: int) -> Path:
-        return self.root / self.entries[i].path
+        e = self.entries[i]
+        return self.roots[e.corpus] / e.path
 
     def where(self, i: int) -> str:
         """``manifest:line (path)``: how errors name an entry."""
         e = self.entries[i]
-        return f"{self.source}:{e.line} ({self.root / e.path})"
+        return f"{self.sources[e.corpus]}:{e.line} ({self.roots[e.corpus] / e.path})"
+
+    def corpora(self) -> list[int]:
+        """(N,) the corpus of each entry."""
+        return [e.corpus for e in self.entries]
 
     def select(self, keep: list[int]) -> Manifest:
-        return Manifest(self.source, self.root, tuple(self.entries[i] for i in keep))
+        return Manifest(self.sources, self.roots, tuple(self.entries[i] for i in keep))
 
     def with_rates(self, rates: list[int | None]) -> Manifest:
         """The same entries with each file's sample rate recorded."""
         entries = tuple(
             replace(e, sample_rate=r) for e, r in zip(self.entries, rates, strict=True)
         )
-        return Manifest(self.source, self.root, entries)
+        return Manifest(self.sources, self.roots, entries)
+
+    @staticmethod
+    def concat(parts: list[Manifest]) -> Manifest:
+        """One manifest of several, each part's entries tagged with its corpus number."""
+        sources, roots, entries = [], [], []
+        for part in parts:
+            base = len(sources)
+            sources += part.sources
+            roots += part.roots
+            entries += [replace(e, corpus=base + e.corpus) for e in part.entries]
+        return Manifest(tuple(sources), tuple(roots), tuple(entries))
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -118,7 +154,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             )
         seen[str(full)] = n
         entries.append(ManifestEntry(rel, num, n))
-    return Manifest(path, root, tuple(entries))
+    return Manifest((path,), (root,), tuple(entries))
 
 
 def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> None:

@@ -19,7 +19,13 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     multiple of the world size, the largest batches are split in two until it is, so every rank
     gets the same number of batches and each utterance is used exactly once per epoch.
 
-    Yields lists of ``(index, epoch)``, the keys `AudioDataset` takes.
+    Several corpora (``corpora`` gives each item's) with ``weights``: each corpus is bucketed
+    on its own, and corpus c contributes ``weights[c] / sum(weights)`` of the epoch's batches,
+    drawn from its own (every batch once per whole share, the remainder at random; an
+    upsampled batch's copies are numbered so that their crops and masks differ). The number of
+    batches per epoch stays fixed, and batches stay length-homogeneous.
+
+    Yields lists of ``(index, epoch, copy)``, the keys `AudioDataset` takes.
 
     Args:
         sizes: (N,) samples per item (already capped at the crop size).
@@ -30,6 +36,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         num_replicas, rank: the DDP world size and this process's rank.
         fixed_epoch: always use this epoch's batches (and crops): the same batches every
             epoch, for overfitting one batch.
+        corpora: (N,) the corpus of each item; with ``weights``, one weight per corpus.
     """
 
     def __init__(
@@ -42,8 +49,16 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         num_replicas: int = 1,
         rank: int = 0,
         fixed_epoch: int | None = None,
+        corpora: np.ndarray | None = None,
+        weights: list[float] | None = None,
     ) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.corpora = None if corpora is None else np.asarray(corpora, dtype=np.int64)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (
+            self.corpora is None or len(self.weights) != self.corpora.max(initial=-1) + 1
+        ):
+            raise DataError("one sampling weight per corpus is needed")
         if len(self.sizes) < num_replicas:
             raise DataError(
                 f"{len(self.sizes)} utterances cannot be shared by {num_replicas} processes"
@@ -64,23 +79,22 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         # on resume: batches of epoch `skip_epoch` already trained on (skipped once)
         self.skip = 0
         self.skip_epoch = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
         # Lightning sets the epoch through `batch_sampler.sampler.set_epoch` each epoch
         self.sampler = _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
 
-    def batches(self, epoch: int) -> list[list[int]]:
-        """Every rank's batches for ``epoch``, in dealing order."""
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """Every rank's batches of ``(index, copy)`` for ``epoch``, in dealing order."""
         if self._cache is None or self._cache[0] != epoch:
             self._cache = (epoch, self._make_batches(epoch))
         return self._cache[1]
 
-    def _make_batches(self, epoch: int) -> list[list[int]]:
-        rng = np.random.default_rng((self.seed, epoch))
-        tiebreak = rng.permutation(len(self.sizes)) if self.shuffle else np.arange(len(self.sizes))
-        order = np.lexsort((tiebreak, self.sizes))
+    def _bucket(self, items: np.ndarray, tiebreak: np.ndarray) -> list[list[int]]:
+        """``items`` sorted by size (ties by ``tiebreak``), cut greedily to the budget."""
+        order = items[np.lexsort((tiebreak[items], self.sizes[items]))]
         batches, start = [], 0
         while start < len(order):
             end = start + 1
@@ -93,6 +107,28 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
                 end += 1
             batches.append(order[start:end].tolist())
             start = end
+        return batches
+
+    def _make_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        rng = np.random.default_rng((self.seed, epoch))
+        n = len(self.sizes)
+        tiebreak = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.weights is None:
+            batches = [[(i, 0) for i in b] for b in self._bucket(np.arange(n), tiebreak)]
+        else:
+            per = [
+                self._bucket(np.flatnonzero(self.corpora == c), tiebreak)
+                for c in range(len(self.weights))
+            ]
+            total = sum(len(b) for b in per)
+            share = self.weights / self.weights.sum()
+            batches = []
+            for c, own in enumerate(per):
+                want = int(round(share[c] * total))
+                copies, rest = divmod(want, len(own)) if own else (0, 0)
+                drawn = [(b, k) for k in range(copies) for b in range(len(own))]
+                drawn += [(int(b), copies) for b in rng.choice(len(own), rest, replace=False)]
+                batches += [[(i, k) for i in own[b]] for b, k in drawn]
         while len(batches) % self.num_replicas:
             big = max(range(len(batches)), key=lambda i: len(batches[i]))
             b = batches.pop(big)
@@ -114,7 +150,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         if skip:
             self.skip = 0
         for batch in mine[skip:]:
-            yield [(i, self.epoch) for i in batch]
+            yield [(i, self.epoch, copy) for i, copy in batch]
 
     def __len__(self) -> int:
         """Batches of the whole epoch for this rank, also while resuming inside it: Lightning

@@ -44,9 +44,9 @@ format: install ## apply ruff's formatting and safe fixes
 tensorboard: install ## serve TensorBoard for every run under outputs/ (LOGDIR=DIR for another)
 	$(BIN)/tensorboard --logdir $(LOGDIR) --bind_all
 
-bench: install ## data-loader and masking/distractor benchmarks
-	$(BIN)/python scripts/bench_data.py
-	$(BIN)/python scripts/bench_model.py
+bench: install ## training-step speed against transformers (tiny and BASE), and the data path
+	$(BIN)/python scripts/benchmark.py --preset tiny --batch 2 --seconds 5 --steps 7
+	$(BIN)/python scripts/benchmark.py --preset base --batch 2 --seconds 5
 
 clean: ## remove the venv, run outputs and caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,134 @@
+"""The training step never waits for the device: no host-device synchronisation.
+
+On CUDA an op whose result size or value the host must know (``.item()``, ``bool(t)``,
+``nonzero``, boolean indexing, ``unique``, ``bincount``, a copy to the CPU) stalls the queue of
+kernels until the GPU catches up. Three checks: the model's forward and backward run on the
+``meta`` device (which holds no data, so any such op fails there); a dispatch-level detector
+fails on those ops during whole Lightning updates on CPU; and, where CUDA exists,
+``torch.cuda.set_sync_debug_mode("error")`` around the forward and backward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from test_training import FAST, compose_cfg, small_manifests
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from w2v2_pretrain.models import Wav2Vec2Model, preset
+from w2v2_pretrain.train import build
+
+# ops that make the host wait for the device on CUDA (or whose output size depends on data)
+SYNCING = {
+    "aten._local_scalar_dense",  # .item(), bool(), int(), float(), .tolist()
+    "aten.is_nonzero",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.unique_dim",
+    "aten._unique2",
+    "aten.unique_consecutive",
+    "aten.bincount",
+    "aten.repeat_interleave",
+    "aten.equal",
+}
+
+
+class HostSyncDetector(TorchDispatchMode):
+    """Records every op that would synchronise on CUDA (boolean indexing included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._overloadpacket._qualified_op_name.replace("::", ".")
+        bool_index = name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool
+            for t in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else [])
+        )
+        if name in SYNCING or bool_index:
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def model_and_plan(device: str):
+    cfg = preset("tiny")
+    cfg.feature_encoder.feature_grad_mult = 0.1
+    model = Wav2Vec2Model(cfg)
+    frames = model.feature_encoder.output_lengths(torch.tensor([24_000, 24_000]))
+    plan = model.draw_masks(frames, int(frames[0]))  # on the host, as the data loader does
+    return model.to(device).train(), plan.to(device)
+
+
+def test_forward_and_backward_need_no_data_on_the_host():
+    """On the meta device tensors have shapes but no values: a forward and backward that
+    completes there never reads a device value back."""
+    model, plan = model_and_plan("meta")
+    source = torch.empty(2, 24_000, device="meta")
+    out = model(source, temperature=2.0, plan=plan)
+    (out.loss.total / out.loss.num_masked).backward()
+    assert out.logits.shape[:2] == plan.indices.shape
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
+
+
+def test_forward_and_backward_make_no_syncing_op():
+    model, plan = model_and_plan("cpu")
+    source = torch.randn(2, 24_000)
+    with HostSyncDetector() as detector:
+        out = model(source, temperature=2.0, plan=plan)
+        (out.loss.total / out.loss.num_masked).backward()
+    assert detector.found == []
+
+
+def test_lightning_updates_make_no_syncing_op_between_logging_steps(tmp_path):
+    """Whole updates through Lightning (data already on the device, loss scaling, the skip
+    decision of fused AdamW, metric logging): no syncing op at updates that do not log."""
+    cfg = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={small_manifests(tmp_path, 12)}",
+            "data.max_tokens=80000",
+            "trainer.max_steps=6",
+            "trainer.log_every_n_steps=5",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
+            "codebook_image_every=0",
+        ],
+        tmp_path,
+    )
+    pl.seed_everything(cfg.seed)
+    datamodule, module, trainer = build(cfg)
+    found: dict[int, list[str]] = {}
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.detector = HostSyncDetector()
+            self.detector.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.detector.__exit__(None, None, None)
+            found[trainer.global_step - 1] = self.detector.found
+
+    trainer.callbacks.append(Watch())
+    trainer.fit(module, datamodule=datamodule)
+    quiet = [step for step in found if (step + 1) % 5]  # updates that do not log
+    assert quiet and all(found[step] == [] for step in quiet), found
+    assert found[4]  # a logging update does read its metrics: the detector sees it
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_and_backward_under_sync_debug_mode_error():
+    """The documented check: any synchronising call raises in this mode."""
+    model, plan = model_and_plan("cuda")
+    source = torch.randn(2, 24_000, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(source, temperature=2.0, plan=plan)
+        (out.loss.total / out.loss.num_masked).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.loss.total)

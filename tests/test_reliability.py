@@ -447,3 +447,44 @@ def test_export_and_extract_refuse_code_carrying_files(tmp_path):
             "weights-only loading never runs code from a file"
         )
     assert not marker.exists()
+
+
+# -- bad manifests --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("{root}\na.flac\n", "train.tsv:2: expected 2 tab-separated columns"),
+        ("{root}\na.flac\tlots\n", "train.tsv:2: num_samples 'lots' is not an integer"),
+        ("{root}\na.flac\t-3\n", "train.tsv:2: num_samples must be positive, got -3"),
+        ("{root}\na.flac\t24000\n", "train.tsv:2 ({root}/a.flac): manifest says 24000 samples"),
+        ("{root}\na.flac\t{n}\na.flac\t{n}\n", "train.tsv:3: 'a.flac' is listed again"),
+        ("{root}/gone\na.flac\t{n}\n", "train.tsv:1: root {root}/gone does not exist"),
+        ("{root}\n../a.flac\t{n}\n", "train.tsv:2: path '../a.flac' escapes the root"),
+        ("{root}\n", "train.tsv: no entries to train on"),
+        ("{root}\na.flac\t{n}\n", "train.tsv: no usable entries"),  # filtered by min size
+    ],
+)
+def test_bad_manifests_are_one_line_errors(tmp_path, body, message):
+    root = tmp_path / "audio"
+    n = len(write_tone(root / "a.flac", 1.0))
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    text = body.format(root=root, n=n)
+    (manifests / "train.tsv").write_text(text)
+    (manifests / "valid.tsv").write_text(f"{root}\na.flac\t{n}\n")
+    extra = ["data.min_sample_size=32000", "data.max_sample_size=40000"]
+    if "no usable" not in message:
+        extra = ["data.min_sample_size=8000", "model.objective.num_negatives=10"]
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        "data.verify=header",
+        "data.on_bad_file=error",
+        *extra,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = last_error(proc)
+    assert line.startswith("error: ") and message.format(root=root) in line, line

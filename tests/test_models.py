@@ -190,24 +190,47 @@ def test_uniform_logits_give_log_k_plus_one():
 
 
 def test_perfect_prediction_gives_about_zero():
+    """Each context equals its own (orthogonal) target: cosine 1 with the positive, 0 with all
+    K = M - 1 other frames."""
     K, F_ = 100, 128
-    basis = torch.eye(F_)
-    targets = basis[:1].expand(5, -1).reshape(1, 5, F_)
-    distractors = basis[1 : K + 1].expand(5, K, F_).reshape(1, 5, K, F_)
-    logits = contrastive_logits(targets.clone(), targets, distractors, 0.1)
+    M = K + 1
+    targets = torch.eye(F_)[:M][None]  # (1, M, F): frame m's target is e_m
+    others = torch.tensor([[n for n in range(M) if n != m] for m in range(M)])[None]
+    none = torch.zeros(1, M, K, dtype=torch.bool)
+    logits = contrastive_logits(targets.clone(), targets, others, None, 0.1, none)
     assert logits[..., 0].eq(10).all() and logits[..., 1:].eq(0).all()
-    loss = contrastive_loss(logits).item() / 5
+    loss = contrastive_loss(logits).item() / M
     assert loss == pytest.approx(math.log(1 + K * math.exp(-10)), rel=1e-4) and loss < 0.005
     correct, count = contrastive_accuracy(logits)
-    assert correct.item() == count.item() == 5
+    assert correct.item() == count.item() == M
 
 
 def test_distractor_equal_to_positive_is_minus_inf():
     t = torch.randn(1, 3, 8)
-    d = torch.randn(1, 3, 4, 8)
-    d[0, 1, 2] = t[0, 1]
-    logits = contrastive_logits(torch.randn(1, 3, 8), t, d, 0.1)
-    assert logits[0, 1, 3] == float("-inf") and torch.isfinite(logits).sum() == 14
+    within = torch.tensor([[[1, 2], [0, 2], [0, 1]]])
+    same = torch.zeros(1, 3, 2, dtype=torch.bool)
+    same[0, 1, 1] = True  # frame 1's distractor 2 has frame 1's codes
+    logits = contrastive_logits(torch.randn(1, 3, 8), t, within, None, 0.1, same)
+    assert logits[0, 1, 2] == float("-inf") and torch.isfinite(logits).sum() == 8
+
+
+def test_logits_equal_cosine_against_gathered_distractors():
+    """The similarity-matrix form equals the definition: torch.cosine_similarity between the
+    context and the gathered [positive, distractor vectors], within and across utterances."""
+    g = torch.Generator().manual_seed(0)
+    B, M, K1, K2, F_ = 3, 17, 9, 4, 32
+    context, targets = torch.randn(B, M, F_, generator=g), torch.randn(B, M, F_, generator=g)
+    within = sample_distractors(B, M, K1, gen(1))
+    cross = sample_cross_distractors(B, M, K2, gen(2))
+    same = torch.rand(B, M, K1 + K2, generator=g) < 0.1
+    got = contrastive_logits(context, targets, within, cross, 0.1, same)
+    vectors = torch.cat(
+        [targets[torch.arange(B)[:, None, None], within], targets.reshape(B * M, F_)[cross]], 2
+    )
+    candidates = torch.cat([targets.unsqueeze(2), vectors], 2)
+    expected = torch.cosine_similarity(context.unsqueeze(2), candidates, dim=-1) / 0.1
+    expected[..., 1:] = expected[..., 1:].masked_fill(same, float("-inf"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_accuracy_ignores_all_equal_rows():

@@ -261,9 +261,7 @@ class Wav2Vec2Model(nn.Module):
         within = plan.distractors[..., : ob.num_negatives] if ob.num_negatives else None
         cross = plan.distractors[..., ob.num_negatives :] if ob.cross_sample_negatives else None
         same = (gather_distractors(q.codes, within, cross) == q.codes.unsqueeze(2)).all(-1)
-        logits = contrastive_logits(
-            context, targets, gather_distractors(targets, within, cross), ob.logit_temp, same
-        )
+        logits = contrastive_logits(context, targets, within, cross, ob.logit_temp, same)
         num_masked = torch.full((), B * M, dtype=torch.long, device=logits.device)
         contrastive = contrastive_loss(logits)
         diversity = diversity_loss(

@@ -132,3 +132,43 @@ def test_cuda_forward_and_backward_under_sync_debug_mode_error():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(out.loss.total)
+
+
+def test_bf16_autocast_matches_fp32_on_cpu():
+    """The bf16 path a GPU run takes, exercised on CPU: the same loss within bf16's precision,
+    similarities and loss terms in float32, finite gradients."""
+    model, plan = model_and_plan("cpu")
+    model.eval()  # no dropout: the two passes compute the same function
+    source = torch.randn(2, 24_000)
+    full = model(source, temperature=2.0, plan=plan)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(source, temperature=2.0, plan=plan)
+    assert half.logits.dtype == torch.float32 and half.loss.total.dtype == torch.float32
+    per_frame = lambda out: (out.loss.total / out.loss.num_masked).item()  # noqa: E731
+    assert abs(per_frame(half) - per_frame(full)) < 0.05 * abs(per_frame(full))
+    (half.loss.total / half.loss.num_masked).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_mixed_training_run_on_cpu(tmp_path):
+    from test_training import scalars
+
+    from w2v2_pretrain.train import train
+
+    cfg = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={small_manifests(tmp_path, 6)}",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=3",
+            "trainer.log_every_n_steps=1",
+            "trainer.limit_val_batches=1",
+        ],
+        tmp_path,
+    )
+    result = train(cfg)
+    assert result.global_step == 3
+    logged = scalars(tmp_path)
+    for tag in ("train/loss", "train/grad_norm", "train/code_perplexity"):
+        assert all(torch.isfinite(torch.tensor(v)) for _, v in logged[tag]), tag
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.val_metrics.values())

@@ -19,8 +19,9 @@ from w2v2_pretrain.data.manifest import Manifest
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.feature_encoder import frame_lengths
-from w2v2_pretrain.models.masking import MaskPlan, draw_mask_plan
+from w2v2_pretrain.models.masking import MaskPlan
 from w2v2_pretrain.models.noise import PerUtteranceNoise
+from w2v2_pretrain.models.wav2vec2 import draw_masks
 
 log = logging.getLogger(__name__)
 
@@ -127,48 +128,24 @@ class MaskPlanner:
     (validation, and a fixed noise seed for overfitting one batch).
     """
 
-    conv_layers: tuple[tuple[int, int, int], ...]
-    mask_prob: float
-    mask_length: int
-    min_masks: int
-    num_negatives: int
-    cross_sample_negatives: int
+    model: Wav2Vec2Config
     seed: int
     per_epoch: bool = True
 
     @classmethod
     def for_model(cls, cfg: Wav2Vec2Config, seed: int, per_epoch: bool = True) -> MaskPlanner:
-        mk, ob = cfg.masking, cfg.objective
-        return cls(
-            conv_layers=tuple(tuple(c) for c in cfg.feature_encoder.conv_layers),
-            mask_prob=mk.mask_prob,
-            mask_length=mk.mask_length,
-            min_masks=mk.min_masks,
-            num_negatives=ob.num_negatives,
-            cross_sample_negatives=ob.cross_sample_negatives,
-            seed=seed,
-            per_epoch=per_epoch,
-        )
+        return cls(cfg, seed, per_epoch)
 
     def __call__(self, lengths: torch.Tensor, width: int, items: list[Utterance]) -> MaskPlan:
         """The plan of a batch whose rows hold ``lengths`` of ``width`` samples."""
-        layers = [list(c) for c in self.conv_layers]
+        layers = self.model.feature_encoder.conv_layers
         frames = frame_lengths(lengths, layers)
         num_frames = int(frame_lengths(torch.tensor([width]), layers)[0])
         keys = [
             (u.seed[1], u.index, *u.seed[3:]) if self.per_epoch else (u.index, *u.seed[3:])
             for u in items
         ]
-        return draw_mask_plan(
-            frames,
-            num_frames,
-            mask_prob=self.mask_prob,
-            mask_length=self.mask_length,
-            min_masks=self.min_masks,
-            num_negatives=self.num_negatives,
-            cross_sample_negatives=self.cross_sample_negatives,
-            noise=PerUtteranceNoise(keys, self.seed),
-        )
+        return draw_masks(self.model, frames, num_frames, PerUtteranceNoise(keys, self.seed))
 
 
 class AudioDataset(Dataset):

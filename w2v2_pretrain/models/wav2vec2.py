@@ -23,6 +23,28 @@ from w2v2_pretrain.models.objective import (
 from w2v2_pretrain.models.quantizer import GumbelQuantizer, QuantizerOutput
 
 
+def draw_masks(
+    cfg: Wav2Vec2Config, frame_lengths: torch.Tensor, num_frames: int, noise: Noise | None = None
+) -> MaskPlan:
+    """The config's span mask and distractors, drawn on the CPU: per batch by the data loader,
+    or by the model when it is given none.
+
+    Shape:
+        frame_lengths: (B,) -> see `MaskPlan`
+    """
+    mk, ob = cfg.masking, cfg.objective
+    return draw_mask_plan(
+        frame_lengths.cpu(),
+        num_frames,
+        mask_prob=mk.mask_prob,
+        mask_length=mk.mask_length,
+        min_masks=mk.min_masks,
+        num_negatives=ob.num_negatives,
+        cross_sample_negatives=ob.cross_sample_negatives,
+        noise=noise,
+    )
+
+
 def gather_frames(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """The frames at ``indices`` of each row (no boolean indexing, so no device read-back).
 
@@ -190,22 +212,12 @@ class Wav2Vec2Model(nn.Module):
     def draw_masks(
         self, frame_lengths: torch.Tensor, num_frames: int, noise: Noise | None = None
     ) -> MaskPlan:
-        """Span mask and distractors from the config, drawn on the CPU.
+        """Span mask and distractors from the config, drawn on the CPU (`draw_masks`).
 
         Shape:
             frame_lengths: (B,) -> see `MaskPlan`
         """
-        mk, ob = self.cfg.masking, self.cfg.objective
-        return draw_mask_plan(
-            frame_lengths.cpu(),
-            num_frames,
-            mask_prob=mk.mask_prob,
-            mask_length=mk.mask_length,
-            min_masks=mk.min_masks,
-            num_negatives=ob.num_negatives,
-            cross_sample_negatives=ob.cross_sample_negatives,
-            noise=noise,
-        )
+        return draw_masks(self.cfg, frame_lengths, num_frames, noise)
 
     def contextualise(
         self, encoded: EncodedAudio, plan: MaskPlan, noise: Noise | None = None

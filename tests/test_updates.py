@@ -163,13 +163,18 @@ class InjectNaN(pl.Callback):
             batch.source[0, 100] = float("nan")
 
 
-@pytest.mark.parametrize("optimizer", ["fused", "sgd"])
+@pytest.mark.parametrize("optimizer", ["fused", "sgd", "fp16-scaler"])
 def test_nonfinite_update_is_skipped_and_counted(tmp_path, optimizer):
     """A NaN batch makes no update: the weights and the optimizer state stay as they were
     (fused AdamW through its on-device found_inf, any other optimizer by dropping the
-    gradients), it is counted, and training goes on with finite weights."""
+    gradients, under 16-mixed with the grad scaler too), it is counted, and training goes on
+    with finite weights."""
     manifests = small_manifests(tmp_path, 8)
-    extra = [] if optimizer == "fused" else [*SGD, "optim.optimizer.lr=0.01"]
+    extra = {
+        "fused": [],
+        "sgd": [*SGD, "optim.optimizer.lr=0.01"],
+        "fp16-scaler": ["trainer.precision=16-mixed"],
+    }[optimizer]
     cfg = compose_cfg(
         [
             *FAST,
@@ -184,6 +189,11 @@ def test_nonfinite_update_is_skipped_and_counted(tmp_path, optimizer):
     )
     pl.seed_everything(cfg.seed)
     datamodule, module, trainer = build(cfg)
+    if optimizer == "fp16-scaler":  # Lightning gives CPU runs no scaler; a GPU run has one
+        from pytorch_lightning.plugins.precision import MixedPrecision
+
+        scaler = torch.amp.GradScaler("cpu", init_scale=16.0)  # no early overflow steps
+        trainer.strategy.precision_plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
     class Snapshot(pl.Callback):
@@ -201,6 +211,11 @@ def test_nonfinite_update_is_skipped_and_counted(tmp_path, optimizer):
     assert all(torch.isfinite(v).all() for v in weights[5].values())
     logged = dict(scalars(tmp_path)["train/skipped_updates"])
     assert logged[1] == 0 and logged[2] == 1 and logged[4] == 1
+    if optimizer == "fp16-scaler":  # unfused: Lightning unscales before the module's checks
+        assert trainer.optimizers[0].defaults["fused"] is False
+        assert scaler.get_scale() == 8.0  # the scaler saw the NaN and lowered its scale
+        grad_norms = [v for _, v in scalars(tmp_path)["train/grad_norm"]]
+        assert max(g for g in grad_norms if g == g) < 1e3  # not carrying the loss scale
     if optimizer == "fused":
         state = trainer.optimizers[0].state
         steps = {int(s["step"]) for s in state.values()}

@@ -217,7 +217,9 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             norm = torch.nn.utils.get_total_norm(grads)
         else:
             norm = torch.zeros((), device=self.device)
-        ok = torch.isfinite(norm) & (masked > 0) & (sums[_AT["nonfinite_loss"]] == 0)
+        ok = (masked > 0) & (sums[_AT["nonfinite_loss"]] == 0)
+        if self._grad_scaler() is None:  # under 16-mixed, overflowing gradients are the scaler's
+            ok &= torch.isfinite(norm)
         self._counters += torch.stack([(~ok).double(), sums[_AT["bad_files"]]])
         self._streak = (self._streak + 1) * (~ok)
         self._log_update(sums, norm)
@@ -239,7 +241,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         optimizer's own ``found_inf`` flag, so the update reads nothing back from the device and
         the streak is checked at logging steps; any other optimizer reads ``ok`` on the host
         once per update and drops the gradients of a bad update (it then skips every
-        parameter). Under 16-mixed the grad scaler skips non-finite gradients itself.
+        parameter). Under 16-mixed the grad scaler skips overflowing gradients itself and lowers
+        its scale, as usual; only a non-finite loss or an empty update counts as bad here.
         """
         mine, self._update_bad_files = self._update_bad_files, ()
         if self.on_bad_file == BadFilePolicy.error and int(sums[_AT["bad_files"]]):
@@ -358,7 +361,14 @@ class Wav2Vec2Pretraining(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("no optimizer configured")
-        optimizer = self.optimizer_factory(self.parameters())
+        extra = {}
+        if self._grad_scaler() is not None and getattr(self.optimizer_factory, "keywords", {}).get(
+            "fused"
+        ):
+            # a fused optimizer unscales inside its step: the gradients this module scales,
+            # measures and checks before the step would still carry the loss scale
+            extra["fused"] = False
+        optimizer = self.optimizer_factory(self.parameters(), **extra)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

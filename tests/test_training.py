@@ -281,8 +281,9 @@ def test_two_process_ddp_cpu_run(tmp_path):
 
 @pytest.mark.slow
 def test_demo_experiment_end_to_end(tmp_path):
-    """The main job as `make demo` runs it: every logged quantity finite, no codebook collapse,
-    the contrastive loss never above chance level ln(K+1) by the end, the summary printed."""
+    """The main job as `make demo` runs it: it leaves the early plateau (validation contrastive
+    loss at least 0.5 nats below chance ln(K+1), accuracy at least 0.15), every logged quantity
+    finite, no codebook collapse, no run-health warning, the summary printed."""
     import math
 
     proc = run_cli("experiment=demo", f"hydra.run.dir={tmp_path}", timeout=1200)
@@ -294,8 +295,11 @@ def test_demo_experiment_end_to_end(tmp_path):
             assert all(math.isfinite(v) for _, v in values), tag
     code_ppl = [v for _, v in logged["val/code_perplexity"]]
     assert min(code_ppl) > 16  # of 2 x 64 entries: no collapse
-    contrastive = [v for _, v in logged["val/contrastive"]]
-    assert contrastive[-1] < math.log(101) + 0.01
+    chance = logged["val/contrastive_chance"][-1][1]
+    assert chance == pytest.approx(math.log(21))
+    assert logged["val/contrastive"][-1][1] <= chance - 0.5
+    assert logged["val/accuracy"][-1][1] >= 0.15
+    assert "warning:" not in proc.stdout
     assert (
         "validation:   loss" in proc.stdout and "TensorBoard:  tensorboard --logdir" in proc.stdout
     )

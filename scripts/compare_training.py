@@ -8,7 +8,7 @@ function, so if one collapses and the other does not, the difference is a bug; i
 it is the objective's dynamics.
 
     python scripts/compare_training.py --mode layer_norm --normalize --seeds 0 1 2 \\
-        --steps 60 --plot docs/images/layer_norm_collapse.png --json collapse.json
+        --steps 60 --plot docs/images/layer_norm_normalized_vs_transformers.png --json curves.json
 """
 
 from __future__ import annotations

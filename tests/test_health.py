@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from w2v2_pretrain.training.health import HealthConfig, RunHealth, chance_loss
 
 HEALTHY = dict(contrastive=2.0, accuracy=0.3, code_perplexity=400.0, prob_perplexity=450.0)
@@ -54,7 +56,8 @@ def test_codebook_collapse():
     found = h.on_train_metrics(20, **collapsed)
     assert kinds(found) == ["collapse"]
     assert "code perplexity 2.0 of 640" in found[0].message
-    assert "diversity_weight" in found[0].message and "feature_grad_mult" in found[0].message
+    assert "feature_penalty_weight=0" in found[0].message
+    assert "diversity_weight" in found[0].message
     assert h.on_train_metrics(30, **collapsed) == []
 
 
@@ -105,3 +108,33 @@ def test_warnings_reach_log_tensorboard_and_summary(tmp_path):
     assert "health/collapse/text_summary" in ea.Tags()["tensors"]
     bad_key = run_cli(*FAST, "health.colapse_fraction=0.2", f"hydra.run.dir={tmp_path / 'x'}")
     assert bad_key.returncode != 0 and "colapse_fraction" in bad_key.stderr
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_layer_norm_collapse_on_the_demo_is_reported_within_50_updates(tmp_path, normalize):
+    """The demo with LARGE's layer-norm encoder (and LARGE's normalized input) collapses its
+    codebooks within a few dozen updates (with feature penalty 10). The run must say so within
+    50 updates of the logged code perplexity falling below 10% of G x V, and never step on a
+    non-finite loss: every logged loss stays finite. The combination is flagged at start-up."""
+    import re
+
+    from test_training import run_cli, scalars
+
+    proc = run_cli(
+        "experiment=demo",
+        "model.feature_encoder.mode=layer_norm",
+        f"model.input.normalize={str(normalize).lower()}",
+        "trainer.max_steps=30",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = scalars(tmp_path)
+    collapsed = [step for step, ppl in logged["train/code_perplexity"] if ppl < 0.1 * 2 * 64]
+    assert collapsed, "the layer-norm demo no longer collapses: update this test and the README"
+    warned = re.search(r"run health: codebook collapse at update (\d+)", proc.stdout + proc.stderr)
+    assert warned, proc.stdout[-3000:]
+    assert int(warned.group(1)) - collapsed[0] <= 50
+    assert all(math.isfinite(v) for _, v in logged["train/loss"])
+    assert "  warning:      codebook collapse at update" in proc.stdout
+    startup = "feature_penalty_weight=10: the penalty can make the features"
+    assert startup in proc.stdout + proc.stderr

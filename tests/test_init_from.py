@@ -98,6 +98,26 @@ def test_init_from_transformers_keeps_its_model_and_the_runs_settings(tmp_path):
         build(changed)
 
 
+def test_init_from_a_layer_norm_transformers_model_takes_larges_recipe(tmp_path):
+    """A LARGE-kind source (layer-norm encoder, pre-LN) under a run whose preset is BASE-kind:
+    what transformers does not record comes from LARGE's recipe, not BASE's: feature penalty 0
+    (BASE's 10 collapses a layer-norm encoder's codebooks), feature_grad_mult 1, the Gumbel
+    floor 0.1. What the run sets still wins."""
+    hf_pretraining_folder(
+        tmp_path / "hf", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True
+    )
+    manifests = small_manifests(tmp_path, 6)
+    common = [*FAST, f"data.manifest_dir={manifests}", f"init_from={tmp_path / 'hf'}"]
+    got = build(compose_cfg(common, tmp_path / "run"))[1].cfg
+    assert got.feature_encoder.mode == "layer_norm" and got.context_network.layer_norm_first
+    assert got.objective.feature_penalty_weight == 0.0
+    assert got.feature_encoder.feature_grad_mult == 1.0
+    assert got.quantizer.temperature[1] == 0.1
+    assert got.masking.mask_prob == 0.5  # the demo sets it: the run's
+    set_by_run = compose_cfg([*common, "model.objective.feature_penalty_weight=2"], tmp_path)
+    assert build(set_by_run)[1].cfg.objective.feature_penalty_weight == 2.0
+
+
 def test_init_from_fairseq_and_resume_without_the_source(tmp_path):
     """A run started from a fairseq checkpoint trains with a fresh step; its requeue resumes
     from its own checkpoint even after the source is gone."""

@@ -21,6 +21,7 @@ import torch
 
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
+from w2v2_pretrain.models.config import FeatureEncoderMode, base, large
 
 STATE_FORMAT = "w2v2-pretrain/model-state/1"
 
@@ -132,6 +133,17 @@ ARCHITECTURE = {
 }
 
 
+def recipe_for(source: Wav2Vec2Config, run: Wav2Vec2Config) -> Wav2Vec2Config:
+    """The settings for what a source did not record and a run did not set: the run's, unless
+    its encoder is of another kind than the source's; then the paper's recipe for the source's
+    kind (BASE for group norm; LARGE for layer norm, whose feature penalty is 0: with 10 the
+    layer-norm encoder's features can become constant and the codebooks collapse)."""
+    mode = FeatureEncoderMode(source.feature_encoder.mode)
+    if FeatureEncoderMode(run.feature_encoder.mode) == mode:
+        return run
+    return large() if mode == FeatureEncoderMode.layer_norm else base()
+
+
 def config_for_init(
     source: ModelSource, run: Wav2Vec2Config, changed: set[str], temperature: str = "end"
 ) -> Wav2Vec2Config:
@@ -139,11 +151,12 @@ def config_for_init(
 
     The architecture is the source's (``changed`` may not alter it); every other setting is
     the run's where the run set it (``changed``: dotted fields), else the source's where it
-    recorded it, else the run's. ``temperature``: ``end`` starts the Gumbel schedule where
-    the source's ended (its floor, or where ``num_updates`` left it), ``restart`` from the
-    schedule's start.
+    recorded it, else `recipe_for`'s (the run's, or the recipe of the source's encoder kind).
+    ``temperature``: ``end`` starts the Gumbel schedule where the source's ended (its floor,
+    or where ``num_updates`` left it), ``restart`` from the schedule's start.
     """
     src, mine = source.config.flat(), run.flat()
+    default = recipe_for(source.config, run).flat()
     known = set(src) if source.known is None else source.known
     merged = {}
     for key, value in src.items():
@@ -156,7 +169,7 @@ def config_for_init(
                 )
             merged[key] = value
         else:
-            merged[key] = mine[key] if key in changed or key not in known else value
+            merged[key] = mine[key] if key in changed else value if key in known else default[key]
     cfg = Wav2Vec2Config.from_flat(merged)
     if temperature == "end":
         start, floor, decay = cfg.quantizer.temperature

@@ -211,6 +211,13 @@ def check_combinations(model: Any, datamodule: Any) -> None:
                 shortest,
                 fewest,
             )
+    if model.feature_encoder.mode == FeatureEncoderMode.layer_norm and ob.feature_penalty_weight:
+        log.warning(
+            "model.feature_encoder.mode=layer_norm with model.objective.feature_penalty_weight="
+            "%g: the penalty can make the features the same at every frame and collapse the "
+            "codebooks (the demo does within 20 updates); LARGE uses 0. See README, 'Run health'",
+            ob.feature_penalty_weight,
+        )
     if (
         datamodule.collate_mode == CollateMode.pad
         and model.feature_encoder.mode == FeatureEncoderMode.group_norm

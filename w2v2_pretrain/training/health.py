@@ -107,9 +107,10 @@ class RunHealth:
             step,
             f"codebook collapse at update {step}: code perplexity {code_perplexity:.1f} of "
             f"{gv} codevectors (softmax perplexity {prob_perplexity:.1f}), below "
-            f"{c.collapse_fraction:g} x {gv}. Try a larger model.objective.diversity_weight, "
-            "model.feature_encoder.feature_grad_mult below 1 (layer-norm encoder), a lower "
-            "learning rate or longer warm-up; see README, 'Run health'.",
+            f"{c.collapse_fraction:g} x {gv}. With the layer-norm encoder, "
+            "model.objective.feature_penalty_weight=0 (LARGE's value); otherwise a larger "
+            "model.objective.diversity_weight, a lower learning rate or a longer warm-up; see "
+            "README, 'Run health'.",
         )
         out += self._once(
             "trivial",
@@ -119,8 +120,8 @@ class RunHealth:
             f"{contrastive:.3f} nats per masked frame. The targets have become (nearly) "
             "identical, so distractors equal to their positive are excluded and the task is "
             "empty (watch train/identical_distractors). Try what helps against codebook "
-            "collapse: a larger diversity weight, feature_grad_mult below 1, a lower learning "
-            "rate.",
+            "collapse: feature penalty 0 with the layer-norm encoder, a larger diversity "
+            "weight, a lower learning rate.",
         )
         if grad_norm is not None:
             out += self._grad(step, grad_norm)

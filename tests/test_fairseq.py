@@ -317,9 +317,7 @@ def test_mapping_agrees_with_transformers_conversion(
     ckpt = fairseq_checkpoint(form, mode, conv_bias)
     torch.save(ckpt, tmp_path / "fs.pt")
     source = read_model_source(tmp_path / "fs.pt")
-    ours = Wav2Vec2Model(source.config)
-    ours.load_state_dict(source.state_dict, strict=True)
-    ours.eval()
+    ours = source.model().eval()
 
     theirs = transformers.Wav2Vec2ForPreTraining(to_hf_config(source.config)).eval()
     hf_conversion.recursively_load_weights(FairseqStandIn(ckpt["model"]), theirs, True)

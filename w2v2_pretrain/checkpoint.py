@@ -112,6 +112,12 @@ class ModelSource:
     known: set[str] | None = None
     num_updates: int | None = None
 
+    def model(self) -> Wav2Vec2Model:
+        """A `Wav2Vec2Model` with this source's config and weights (in training mode)."""
+        model = Wav2Vec2Model(self.config)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model
+
 
 # what a model's weights are shaped by: taken from the source when continuing to pretrain
 ARCHITECTURE = {
@@ -258,7 +264,4 @@ def check_weights_fit(cfg: Wav2Vec2Config, state: dict[str, Any], where: str) ->
 def load_model(path: str | Path) -> Wav2Vec2Model:
     """A `Wav2Vec2Model` in eval mode from a checkpoint, model state file, fairseq checkpoint
     or transformers directory."""
-    source = read_model_source(path)
-    model = Wav2Vec2Model(source.config)
-    model.load_state_dict(source.state_dict, strict=True)
-    return model.eval()
+    return read_model_source(path).model().eval()

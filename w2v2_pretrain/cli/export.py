@@ -28,11 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     from w2v2_pretrain.checkpoint import read_model_source
-    from w2v2_pretrain.models import Wav2Vec2Model
 
     source = read_model_source(args.model)
-    model = Wav2Vec2Model(source.config)
-    model.load_state_dict(source.state_dict, strict=True)
+    model = source.model()
     n = sum(t.numel() for t in model.parameters())
     if args.format == "fairseq":
         from w2v2_pretrain.interop.fairseq import export_fairseq

@@ -261,11 +261,3 @@ def read_hf(path: str | Path):
     if not (path / "preprocessor_config.json").is_file():
         known -= {"input.sample_rate", "input.normalize"}
     return ModelSource("transformers", cfg, from_hf_state_dict(hf.state_dict(), cfg), known)
-
-
-def load(path: str | Path) -> Wav2Vec2Model:
-    """Our model from a transformers directory (ours or any ``Wav2Vec2ForPreTraining``)."""
-    source = read_hf(path)
-    model = Wav2Vec2Model(source.config)
-    model.load_state_dict(source.state_dict, strict=True)
-    return model.eval()

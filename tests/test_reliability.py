@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import MESSY_BAD_AT_DECODE, MESSY_BAD_AT_HEADER, messy_corpus, write_tone
-from test_training import CLI, FAST, REPO_ROOT, run_cli, scalars, small_manifests
+from test_training import CLI, FAST, REPO_ROOT, compose_cfg, run_cli, scalars, small_manifests
+
+from w2v2_pretrain.train import train
 
 MESSY = [
     "experiment=demo",
@@ -287,6 +290,37 @@ def test_sigterm_saves_at_the_current_update_and_requeue_continues(tmp_path, ref
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == stopped >= 3
     proc = run_cli(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_curve(run, ref)
+
+
+class SigtermAt(pl.Callback):
+    """Sends its own process SIGTERM at the end of update ``step``, as a scheduler might."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_after_an_epochs_last_batch_resumes_exactly(tmp_path, reference):
+    """SIGTERM at the end of an epoch's last batch (update 4 of 4 batches per epoch), before the
+    epoch ends: Lightning's checkpoint then still counts the finished epoch's batches when it
+    resumes in the next epoch; the requeued run must neither skip nor repeat a batch."""
+    manifests, ref = reference
+    run = tmp_path / "run"
+    common = [
+        *RESUMABLE,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=14",
+        "callbacks.periodic.every_n_train_steps=3",
+    ]
+    stop = ["+callbacks.sigterm._target_=test_reliability.SigtermAt", "+callbacks.sigterm.step=4"]
+    result = train(compose_cfg([*common, *stop], run))
+    assert result.stopped_by == "SIGTERM" and result.global_step == 4
+    proc = run_cli(*common, f"hydra.run.dir={run}", "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)
 

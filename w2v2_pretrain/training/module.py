@@ -401,6 +401,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training starts, after everything else that set up the run drew numbers
         self._rng_to_restore = checkpoint.get("rng_states")
+        _forget_finished_epochs_batches(checkpoint)
         if "run_counters" in checkpoint:
             self._counters.copy_(checkpoint["run_counters"])
 
@@ -448,3 +449,16 @@ def codebook_usage_figure(counts: np.ndarray, step: int):
     fig.suptitle(f"codebook usage, step {step}")
     fig.tight_layout()
     return fig
+
+
+def _forget_finished_epochs_batches(checkpoint: dict[str, Any]) -> None:
+    """A checkpoint saved after an epoch ended and before the next began (a SIGTERM there)
+    still counts the finished epoch's batches as the current epoch's; Lightning would resume
+    the next epoch as if those were done (and the data loader skip them). Zero that count."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches:
+        return
+    if epochs["current"]["started"] == epochs["current"]["completed"]:
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False

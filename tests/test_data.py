@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_tone
+from helpers import write_tone
 
 from w2v2_pretrain.data.audio import read_audio
+from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
 from w2v2_pretrain.data.dataset import AudioDataset, BadFile, Collator, check_manifest
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
@@ -342,11 +343,13 @@ def test_min_sample_size_drops_are_counted(tmp_path):
 def test_datamodule_loads_manifest_folder(librispeech_tree, tmp_path):
     build_manifests(librispeech_tree, tmp_path / "m", valid_percent=0.3, seed=1, progress=False)
     dm = AudioDataModule(
-        str(tmp_path / "m"),
-        min_sample_size=8000,
-        max_sample_size=32_000,
-        max_tokens=100_000,
-        num_workers=2,
+        DataConfig(
+            manifest_dir=str(tmp_path / "m"),
+            min_sample_size=8000,
+            max_sample_size=32_000,
+            max_tokens=100_000,
+            num_workers=2,
+        ),
     )
     dm.setup("fit")
     seen = []
@@ -356,7 +359,9 @@ def test_datamodule_loads_manifest_folder(librispeech_tree, tmp_path):
         assert (batch.lengths == batch.source.shape[1]).all()
         seen += batch.ids.tolist()
     assert sorted(seen) == list(range(len(dm.datasets["train"])))
-    assert sum(dm.dropped["train"].values()) + len(dm.datasets["train"]) > 0
+    # every utterance of the tree is in one split (none is under min_sample_size=8000)
+    assert len(dm.datasets["train"]) + len(dm.datasets["valid"]) == 24
+    assert dm.dropped["train"] == dm.dropped["valid"] == {}
     assert next(iter(dm.val_dataloader())).source.shape[1] <= 32_000
 
 
@@ -366,7 +371,13 @@ def test_file_broken_after_setup_is_reported_by_the_loader(tmp_path):
     m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 1.0})
     (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
     dm = AudioDataModule(
-        str(tmp_path), min_sample_size=0, max_sample_size=16_000, max_tokens=64_000, num_workers=1
+        DataConfig(
+            manifest_dir=str(tmp_path),
+            min_sample_size=0,
+            max_sample_size=16_000,
+            max_tokens=64_000,
+            num_workers=1,
+        ),
     )
     dm.setup("fit")
     (m.root / "b.flac").write_bytes(b"garbage")
@@ -398,12 +409,14 @@ def test_several_corpora_in_one_run(tmp_path):
         (m.source.parent / "valid.tsv").write_text(m.source.read_text())
     (b.root / "b3.flac").unlink()  # a bad file of the second corpus
     dm = AudioDataModule(
-        [str(a.source.parent), str(b.source.parent)],
-        min_sample_size=8000,
-        max_sample_size=16_000,
-        max_tokens=32_000,
-        corpus_weights=[3, 1],
-        num_workers=0,
+        DataConfig(
+            manifest_dir=[str(a.source.parent), str(b.source.parent)],
+            min_sample_size=8000,
+            max_sample_size=16_000,
+            max_tokens=32_000,
+            corpus_weights=[3, 1],
+            num_workers=0,
+        ),
     )
     records = []
     handler = logging.Handler()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_tone
+from helpers import write_tone
 
 transformers = pytest.importorskip("transformers")
 

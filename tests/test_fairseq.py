@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_tone
+from helpers import write_tone
 
 from w2v2_pretrain.checkpoint import read_model_source
 from w2v2_pretrain.errors import DataError

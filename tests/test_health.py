@@ -85,8 +85,8 @@ def test_warnings_reach_log_tensorboard_and_summary(tmp_path):
     """Through the real command line: a threshold that every update trips (collapse below
     100% of G x V) warns once, in the log, as TensorBoard text and in the summary; the summary
     shows chance beside the validation loss, in nats and fairseq's bits."""
+    from helpers import FAST, run_cli, small_manifests
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from test_training import FAST, run_cli, small_manifests
 
     proc = run_cli(
         *FAST,
@@ -118,7 +118,7 @@ def test_layer_norm_collapse_on_the_demo_is_reported_within_50_updates(tmp_path,
     non-finite loss: every logged loss stays finite. The combination is flagged at start-up."""
     import re
 
-    from test_training import run_cli, scalars
+    from helpers import run_cli, scalars
 
     proc = run_cli(
         "experiment=demo",

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from test_training import FAST, compose_cfg, run_cli, small_manifests
+from helpers import FAST, compose_cfg, run_cli, small_manifests
 
 from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.interop.hf import to_hf_state_dict

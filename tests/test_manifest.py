@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import write_tone
+from helpers import write_tone
 
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
 from w2v2_pretrain.errors import DataError
@@ -214,7 +214,7 @@ def test_malformed_manifest_names_line(tmp_path, body, message):
 
 def test_committed_demo_manifests_load_from_any_clone():
     """data/manifests use a relative root, so they work wherever the repo is cloned."""
-    from conftest import REPO
+    from w2v2_pretrain.paths import REPO_ROOT as REPO
 
     for split in ("train", "valid"):
         m = read_manifest(REPO / "data" / "manifests" / f"{split}.tsv")
@@ -227,7 +227,7 @@ def test_committed_demo_manifests_load_from_any_clone():
 
 
 def test_demo_corpus_meets_its_spec():
-    from conftest import REPO
+    from w2v2_pretrain.paths import REPO_ROOT as REPO
 
     demo = REPO / "data" / "demo"
     flacs = sorted(demo.rglob("*.flac"))

@@ -1,4 +1,5 @@
-"""A built wheel works anywhere: configs travel inside the package."""
+"""A built wheel works anywhere, and so does the editable install: the top-level configs/
+folder is the package ``w2v2_pretrain.configs`` in both."""
 
 from __future__ import annotations
 
@@ -7,11 +8,43 @@ import subprocess
 import sys
 import sysconfig
 
-from test_training import small_manifests
+import pytest
+import setuptools
+import tomllib
+from helpers import small_manifests
 
-from w2v2_pretrain.paths import REPO_ROOT
+from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
 
 
+def test_every_subpackage_is_packaged():
+    """pyproject.toml lists the packages (configs/ is mapped into the package): none is left
+    out of a wheel."""
+    listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = setuptools.find_packages(str(REPO_ROOT), include=["w2v2_pretrain*"])
+    assert set(found) | {"w2v2_pretrain.configs"} == set(listed["packages"])
+    assert listed["package-dir"] == {"w2v2_pretrain.configs": "configs"}
+
+
+def test_editable_install_finds_the_top_level_configs(tmp_path):
+    """The checkout's editable install, run from an unrelated folder, composes from configs/."""
+    assert CONFIG_DIR == REPO_ROOT / "configs"
+    bin_dir = os.path.dirname(sys.executable)
+    proc = subprocess.run(
+        [os.path.join(bin_dir, "w2v2-pretrain"), "experiment=demo", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max_sample_size: 40000" in proc.stdout  # configs/data/demo.yaml
+    import w2v2_pretrain.configs
+
+    assert os.path.dirname(w2v2_pretrain.configs.__file__) == str(REPO_ROOT / "configs")
+
+
+@pytest.mark.slow  # builds a wheel (the two tests above cover the layout in the default run)
 def test_wheel_installed_elsewhere_runs_pretraining(tmp_path):
     """Build the wheel, install it with --no-deps into a bare environment that sees the
     dependencies but not this checkout, and run the installed w2v2-pretrain from an unrelated

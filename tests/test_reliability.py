@@ -13,9 +13,21 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import MESSY_BAD_AT_DECODE, MESSY_BAD_AT_HEADER, messy_corpus, write_tone
-from test_training import CLI, FAST, REPO_ROOT, compose_cfg, run_cli, scalars, small_manifests
+from helpers import (
+    CLI,
+    FAST,
+    MESSY_BAD_AT_DECODE,
+    MESSY_BAD_AT_HEADER,
+    compose_cfg,
+    messy_corpus,
+    run_cli,
+    scalars,
+    small_manifests,
+    write_tone,
+)
+from typing_extensions import override
 
+from w2v2_pretrain.paths import REPO_ROOT
 from w2v2_pretrain.train import train
 
 MESSY = [
@@ -300,6 +312,7 @@ class SigtermAt(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_training import FAST, compose_cfg, small_manifests
+from helpers import FAST, compose_cfg, small_manifests
 from torch.utils._python_dispatch import TorchDispatchMode
+from typing_extensions import override
 
 from w2v2_pretrain.models import Wav2Vec2Model, preset
 from w2v2_pretrain.train import build
@@ -102,10 +103,12 @@ def test_lightning_updates_make_no_syncing_op_between_logging_steps(tmp_path):
     found: dict[int, list[str]] = {}
 
     class Watch(pl.Callback):
+        @override
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.detector = HostSyncDetector()
             self.detector.__enter__()
 
+        @override
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.detector.__exit__(None, None, None)
             found[trainer.global_step - 1] = self.detector.found
@@ -151,7 +154,7 @@ def test_bf16_autocast_matches_fp32_on_cpu():
 
 
 def test_bf16_mixed_training_run_on_cpu(tmp_path):
-    from test_training import scalars
+    from helpers import scalars
 
     from w2v2_pretrain.train import train
 

@@ -2,78 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from helpers import EXPERIMENTS, FAST, compose_cfg, run_cli, scalars, small_manifests
 
-from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
-from w2v2_pretrain.train import build, register_configs, train
-
-EXPERIMENTS = ["demo", "base_librispeech", "large_librivox"]
-CLI = [sys.executable, "-m", "w2v2_pretrain.cli.pretrain"]
+from w2v2_pretrain.checkpoint import save_model
+from w2v2_pretrain.models import Wav2Vec2Model, preset
+from w2v2_pretrain.paths import REPO_ROOT
+from w2v2_pretrain.train import build, train
 
 
-def compose_cfg(overrides: list[str], output_dir: Path):
-    """Compose exactly as ``w2v2-pretrain`` does, with the run folder set to ``output_dir``."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # the task function never sees the hydra node
-    return cfg
-
-
-def run_cli(*overrides: str, cwd: Path = REPO_ROOT, timeout: int = 600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [*CLI, *overrides], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+def test_the_experiments_are_found():
+    assert {"demo", "base_librispeech", "large_librivox", "continue_pretraining"} <= set(
+        EXPERIMENTS
     )
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
-    ea.Reload()
-    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
-    out["__images__"] = ea.Tags()["images"]
-    return out
-
-
-FAST = [
-    "experiment=demo",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.verify=false",
-]
-
-
-def small_manifests(tmp_path: Path, n: int) -> Path:
-    """A manifest folder with the first ``n`` demo utterances for training and validation."""
-    src = (REPO_ROOT / "data" / "manifests" / "train.tsv").read_text().splitlines()
-    root = (REPO_ROOT / "data" / "demo").resolve()
-    out = tmp_path / "manifests"
-    out.mkdir(parents=True)
-    body = "\n".join([str(root), *src[1 : n + 1]]) + "\n"
-    (out / "train.tsv").write_text(body)
-    (out / "valid.tsv").write_text(body)
-    return out
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -81,12 +26,24 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     overrides = [f"experiment={experiment}", "trainer.accelerator=cpu"]
     if experiment != "demo":
         overrides.append(f"data.manifest_dir={REPO_ROOT / 'data' / 'manifests'}")
+    if experiment == "continue_pretraining":  # from a small model of ours
+        save_model(Wav2Vec2Model(preset("tiny")), tmp_path / "source.pt")
+        overrides.append(f"init_from={tmp_path / 'source.pt'}")
     cfg = compose_cfg(overrides, tmp_path)
     datamodule, module, trainer = build(cfg)
-    expected = {"demo": "tiny", "base_librispeech": "base", "large_librivox": "large"}[experiment]
-    from w2v2_pretrain.models import preset
-
-    if experiment == "demo":  # the tiny geometry; the demo recipe departs in masking etc.
+    expected = {
+        "demo": "tiny",
+        "base_librispeech": "base",
+        "large_librivox": "large",
+        "continue_pretraining": "tiny",
+    }[experiment]
+    if experiment == "continue_pretraining":  # the source's model and settings (ours records
+        # all of them), the Gumbel temperature going on from where the source's schedule ended
+        source = preset("tiny")
+        source.quantizer.temperature[0] = source.quantizer.temperature[1]
+        assert module.cfg == source
+        assert cfg.optim.optimizer.lr == 5e-5 and datamodule.audio_per_update == 1400
+    elif experiment == "demo":  # the tiny geometry; the demo recipe departs in masking etc.
         tiny = preset("tiny")
         assert module.cfg.feature_encoder == tiny.feature_encoder
         assert module.cfg.quantizer == tiny.quantizer
@@ -94,7 +51,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     else:
         assert module.cfg == preset(expected)
     assert trainer.max_steps == cfg.trainer.max_steps
-    assert datamodule.max_tokens == cfg.data.max_tokens
+    assert datamodule.cfg.max_tokens == cfg.data.max_tokens
     if experiment == "base_librispeech":
         # 1.4M samples x 64 GPU-batches per update (about 1.6 h of audio): on 8 devices the
         # accumulation is derived as 8
@@ -335,7 +292,7 @@ def test_data_follows_the_models_input_contract(tmp_path):
         ["experiment=large_librivox", "trainer.accelerator=cpu", manifests], tmp_path
     )
     datamodule, module, _ = build(cfg)
-    assert datamodule.normalize is True and module.cfg.input.normalize is True
+    assert datamodule.cfg.normalize is True and module.cfg.input.normalize is True
     cfg = compose_cfg([*FAST, "data.normalize=true"], tmp_path)
     from w2v2_pretrain.errors import ConfigError
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_training import FAST, compose_cfg, run_cli, scalars, small_manifests
+from helpers import FAST, compose_cfg, run_cli, scalars, small_manifests
+from typing_extensions import override
 
 from w2v2_pretrain.errors import ConfigError, TrainingError
 from w2v2_pretrain.train import build, train
@@ -158,6 +159,7 @@ class InjectNaN(pl.Callback):
     def __init__(self, batches: set[int]) -> None:
         self.batches = batches
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step in self.batches:
             batch.source[0, 100] = float("nan")
@@ -197,6 +199,7 @@ def test_nonfinite_update_is_skipped_and_counted(tmp_path, optimizer):
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
     class Snapshot(pl.Callback):
+        @override
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             weights[trainer.global_step] = {
                 k: v.detach().clone() for k, v in pl_module.model.state_dict().items()

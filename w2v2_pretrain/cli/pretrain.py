@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import os
+import re
 import sys
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.utilities import rank_zero_only
 
 from w2v2_pretrain.cli import friendly_errors
+from w2v2_pretrain.configs import register_configs
 from w2v2_pretrain.paths import CONFIG_MODULE
-from w2v2_pretrain.train import TrainResult, register_configs, train
+from w2v2_pretrain.train import TrainResult, train
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
 
@@ -63,17 +71,55 @@ def summary(result: TrainResult) -> str:
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
     result = train(cfg)
-    from pytorch_lightning.utilities import rank_zero_only
-
     if rank_zero_only.rank == 0:
         print(summary(result), flush=True)
     if result.stopped_by == "SIGTERM":
         sys.exit(EXIT_SIGTERM)
 
 
+_KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
+
+
+def composition_error(e: HydraException) -> str:
+    """One line for a config Hydra could not compose: the dotted key and what is wrong."""
+    cause = e.__cause__
+    key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    if not key:  # e.g. an unknown option of a group; Hydra lists the known ones
+        text = str(e).split("Config search path", 1)[0]
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
+    if m := re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg):
+        return f"{key}: expected {_KINDS.get(m[2], m[2])}, got {m[1]!r}"
+    if m := re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg):
+        return f"{key}: expected one of {m[2]}, got {m[1]!r}"
+    if re.match(r"Key '.*' (is )?not in", msg):
+        schema = getattr(cause, "object_type", None)
+        if schema is None or not dataclasses.is_dataclass(schema):
+            return f"{key}: not in the config (add a new key with +{key}=...)"
+        known = [f.name for f in dataclasses.fields(schema)]
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        hint = (
+            f"did you mean {key.rsplit('.', 1)[0]}.{near[0]}?"
+            if near
+            else "known: " + ", ".join(known)
+        )
+        return f"{key}: no such setting; {hint}"
+    return f"{key}: {msg}"
+
+
 def main() -> None:
     register_configs()
-    _main()
+    # Hydra prints a composition error over several lines and exits 1; we report it as every
+    # other bad setting is (one line, exit 2), unless the user asked Hydra for the full error
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _main()
+    except HydraException as e:
+        if full_error:
+            raise
+        print(f"error: {composition_error(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class RunHealthMonitor(pl.Callback):
                 if hasattr(experiment, "add_text"):
                     experiment.add_text(f"health/{w.kind}", w.message, global_step=w.step)
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # updates completed
         if step == self._last_step or step % trainer.log_every_n_steps:
@@ -223,6 +225,7 @@ class RunHealthMonitor(pl.Callback):
             ),
         )
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or "val/contrastive" not in trainer.callback_metrics:
             return

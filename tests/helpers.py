@@ -1,0 +1,153 @@
+"""What several test modules use: real audio files on disk, a messy corpus, Hydra configs
+composed as the CLI composes them, the CLI in a subprocess, and TensorBoard's scalars."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from w2v2_pretrain.configs import register_configs
+
+from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
+
+
+def write_tone(
+    path: Path,
+    seconds: float,
+    rate: int = 16_000,
+    channels: int = 1,
+    seed: int = 0,
+    fmt: str | None = None,
+) -> np.ndarray:
+    """Write a noisy tone; return the float32 samples as written (frames, channels)."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    base = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed % 300) * t) + 0.05 * rng.standard_normal(n)
+    data = np.stack([base * (0.5 + 0.5 * c) for c in range(channels)], axis=1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data if channels > 1 else data[:, 0], rate, format=fmt)
+    return data
+
+
+# good files in every format the loader must take, and each kind of bad file
+MESSY_GOOD = ("good.flac", "rate8k.wav", "stereo44k.flac", "pcm_u8.wav", "float32.wav")
+MESSY_BAD_AT_HEADER = {  # found by the header pass (data.verify=header, the default)
+    "missing.flac": "file not found",
+    "corrupt.flac": "unreadable audio",
+    "text.flac": "unreadable audio",
+    "empty.wav": "empty audio (0 samples)",
+    "tiny.flac": "shorter than the feature encoder's receptive field",
+}
+MESSY_BAD_AT_DECODE = {  # intact headers: found by data.verify=decode, or met in training
+    "truncated.flac": "flac decoder lost sync",
+    "nan.wav": "contains NaN or Inf samples",
+    "inf.wav": "contains NaN or Inf samples",
+    "silent.flac": "all-zero audio (digital silence)",
+}
+
+
+def messy_corpus(tmp_path: Path, copies: int = 2) -> Path:
+    """A manifest folder whose train.tsv lists ``copies`` of each good file (1.2-1.5 s) and
+    one of each bad file; valid.tsv lists good files only."""
+    root = tmp_path / "messy"
+    rows: list[tuple[str, int]] = []
+    for c in range(copies):
+        d = f"c{c}/"
+        a = write_tone(root / f"{d}good.flac", 1.2, seed=10 + c)
+        b = write_tone(root / f"{d}rate8k.wav", 1.5, rate=8000, seed=20 + c)
+        s = write_tone(root / f"{d}stereo44k.flac", 1.3, rate=44_100, channels=2, seed=30 + c)
+        u = write_tone(root / f"{d}pcm_u8.wav", 1.2, seed=40 + c)
+        sf.write(root / f"{d}pcm_u8.wav", u, 16_000, subtype="PCM_U8")
+        f = write_tone(root / f"{d}float32.wav", 1.2, seed=50 + c)
+        sf.write(root / f"{d}float32.wav", f, 16_000, subtype="FLOAT")
+        rows += [(d + n, len(x)) for n, x in zip(MESSY_GOOD, (a, b, s, u, f), strict=True)]
+    write_tone(root / "truncated.flac", 2.0, seed=60)
+    raw = (root / "truncated.flac").read_bytes()
+    (root / "truncated.flac").write_bytes(raw[: len(raw) // 3])
+    (root / "corrupt.flac").write_bytes(np.random.default_rng(0).bytes(5000))
+    (root / "text.flac").write_text("hello, I am not audio\n")
+    sf.write(root / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    write_tone(root / "tiny.flac", 100 / 16_000)
+    for name, value in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        wav = np.full(20_000, 0.1, dtype=np.float32)
+        wav[5000] = value
+        sf.write(root / name, wav, 16_000, subtype="FLOAT")
+    sf.write(root / "silent.flac", np.zeros(20_000, dtype=np.float32), 16_000)
+    sizes = {"truncated.flac": 32_000, "missing.flac": 20_000, "corrupt.flac": 20_000}
+    sizes |= {"text.flac": 20_000, "empty.wav": 20_000, "tiny.flac": 100}
+    sizes |= {"nan.wav": 20_000, "inf.wav": 20_000, "silent.flac": 20_000}
+    rows += list(sizes.items())
+    out = tmp_path / "messy_manifests"
+    out.mkdir()
+    (out / "train.tsv").write_text(f"{root}\n" + "".join(f"{p}\t{n}\n" for p, n in rows))
+    good = rows[: len(MESSY_GOOD)]
+    (out / "valid.tsv").write_text(f"{root}\n" + "".join(f"{p}\t{n}\n" for p, n in good))
+    return out
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+CLI = [sys.executable, "-m", "w2v2_pretrain.cli.pretrain"]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path):
+    """Compose exactly as ``w2v2-pretrain`` does, with the run folder set to ``output_dir``."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # the task function never sees the hydra node
+    return cfg
+
+
+def run_cli(*overrides: str, cwd: Path = REPO_ROOT, timeout: int = 600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [*CLI, *overrides], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    out["__images__"] = ea.Tags()["images"]
+    return out
+
+
+FAST = [
+    "experiment=demo",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.verify=none",
+]
+
+
+def small_manifests(tmp_path: Path, n: int) -> Path:
+    """A manifest folder with the first ``n`` demo utterances for training and validation."""
+    src = (REPO_ROOT / "data" / "manifests" / "train.tsv").read_text().splitlines()
+    root = (REPO_ROOT / "data" / "demo").resolve()
+    out = tmp_path / "manifests"
+    out.mkdir(parents=True)
+    body = "\n".join([str(root), *src[1 : n + 1]]) + "\n"
+    (out / "train.tsv").write_text(body)
+    (out / "valid.tsv").write_text(body)
+    return out

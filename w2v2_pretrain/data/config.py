@@ -1,0 +1,145 @@
+"""Typed settings of the pretraining data (config node ``data``).
+
+Hydra composes ``data=...`` onto `DataConfig`, so a misspelt key or a value of the wrong type is
+refused at composition; `DataConfig.validate` checks what types cannot (ranges, and settings
+that must agree), naming the ``data.`` field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import MISSING
+
+from w2v2_pretrain.data.dataset import BadFilePolicy, CollateMode, VerifyLevel
+from w2v2_pretrain.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the audio is and how it becomes batches; fairseq's ``task`` and ``dataset``."""
+
+    manifest_dir: Any = MISSING
+    """A folder with ``train.tsv`` and ``valid.tsv`` (made by ``w2v2-manifest`` or fairseq's
+    ``wav2vec_manifest.py``), or a list of such folders (several corpora, each with its root)."""
+    corpus_weights: list[float] | None = None
+    """With several folders, each corpus's share of every epoch's training batches (normalised;
+    [3, 1]: three quarters from the first). None: as many batches as each corpus fills."""
+    sample_rate: int = 16_000
+    """Rate the model expects (follows ``model.input.sample_rate``)."""
+    normalize: bool = False
+    """Zero mean / unit variance per utterance (follows ``model.input.normalize``)."""
+    resample: bool = True
+    """Resample other rates (true) or refuse them (false)."""
+    downmix: bool = True
+    """Average multi-channel audio (true) or refuse it (false)."""
+    min_sample_size: int = 32_000
+    """Shorter clips are dropped and counted; fairseq ``min_sample_size``. BASE 32000."""
+    max_sample_size: int = 250_000
+    """Longer clips are cropped; fairseq ``max_sample_size``. BASE 250000."""
+    max_tokens: int = 1_400_000
+    """Samples per batch per device; fairseq ``max_tokens``. BASE 1.4M, LARGE 1.2M."""
+    max_batch_size: int | None = None
+    """Optional cap on utterances per batch."""
+    valid_max_tokens: int | None = None
+    """Samples per validation batch (None: ``max_tokens``)."""
+    audio_per_update: str | None = None
+    """Audio per optimizer update, e.g. ``1.6h``, ``96min`` or ``5600s`` (a number: seconds);
+    the gradient accumulation is derived from it and the devices. None: as
+    ``trainer.accumulate_grad_batches`` says."""
+    collate: CollateMode = CollateMode.crop
+    """``crop`` to the shortest clip of the batch (fairseq's default) or ``pad``."""
+    crop_alignment: int = 1
+    """Random crops start at multiples of this many samples (1: anywhere, as fairseq; 320, the
+    feature encoder's stride: a stretch of audio always maps to the same frames)."""
+    num_workers: int = 6
+    """DataLoader worker processes."""
+    pin_memory: bool = True
+    """Page-locked host batches (on CUDA only)."""
+    persistent_workers: bool = True
+    """Keep the workers between epochs (with num_workers > 0)."""
+    seed: int = 1
+    """Bucketing tie-breaks, batch order and random crops (follows the run's ``seed``)."""
+    verify: VerifyLevel = VerifyLevel.header
+    """At set-up: ``none`` (files exist), ``header`` (every header: corrupt, empty, wrong-length
+    files) or ``decode`` (every sample: also truncated FLACs, NaN/Inf, silence)."""
+    on_bad_file: BadFilePolicy = BadFilePolicy.skip
+    """``skip`` a bad file (named in the log and the run's ``bad_files.tsv``, counted) or stop
+    with an ``error`` (in training, with a checkpoint)."""
+
+    @property
+    def manifest_dirs(self) -> list[str]:
+        """The manifest folders, one or several."""
+        if isinstance(self.manifest_dir, (list, tuple)):
+            return [str(d) for d in self.manifest_dir]
+        return [str(self.manifest_dir)]
+
+    @property
+    def audio_seconds_per_update(self) -> float | None:
+        """``audio_per_update`` in seconds (None: not set)."""
+        return parse_audio_amount(self.audio_per_update, "data.audio_per_update")
+
+    def validate(self) -> DataConfig:
+        """Raise a one-line `ConfigError` naming the first bad ``data.`` field; return self."""
+        for name in ("sample_rate", "max_sample_size", "max_tokens", "crop_alignment"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_batch_size", "valid_max_tokens"):  # None: no limit of their own
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        for name in ("min_sample_size", "num_workers"):
+            _at_least(name, getattr(self, name), 0)
+        _at_least("seed", self.seed, None)
+        if not self.manifest_dirs:
+            raise ConfigError("data.manifest_dir: no manifest folder given")
+        weights = self.corpus_weights
+        if weights is not None and (len(weights) != len(self.manifest_dirs) or min(weights) <= 0):
+            raise ConfigError(
+                "data.corpus_weights: one positive weight per manifest folder "
+                f"({len(self.manifest_dirs)}), got {list(weights)}"
+            )
+        if self.min_sample_size > self.max_sample_size:
+            raise ConfigError(
+                f"data.min_sample_size ({self.min_sample_size}) exceeds "
+                f"data.max_sample_size ({self.max_sample_size})"
+            )
+        for budget in ("max_tokens", "valid_max_tokens"):
+            value = getattr(self, budget)
+            if value is not None and value < self.max_sample_size:
+                raise ConfigError(
+                    f"data.{budget} ({value}) is below data.max_sample_size "
+                    f"({self.max_sample_size}): a clip cropped to max_sample_size would not fit "
+                    "a batch; raise it or lower max_sample_size"
+                )
+        _ = self.audio_seconds_per_update  # parses, or names the field
+        return self
+
+
+def _at_least(name: str, value: Any, lowest: int | None) -> None:
+    """``data.<name>`` is an integer of at least ``lowest`` (None: any integer)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"data.{name}: expected an integer, got {value!r}")
+    if lowest is not None and value < lowest:
+        raise ConfigError(f"data.{name}: must be {'positive' if lowest else '>= 0'}, got {value}")
+
+
+def parse_audio_amount(value: float | str | None, field: str) -> float | None:
+    """Seconds of audio from ``5600``, ``5600s``, ``96min``/``96m`` or ``1.6h`` (None stays)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    units = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+    scale = 1.0
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)].strip(), factor
+            break
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        raise ConfigError(
+            f"{field}: expected an amount of audio such as 1.6h, 96min or 5600s, got {value!r}"
+        ) from None
+    if not seconds > 0:
+        raise ConfigError(f"{field}: must be positive, got {value!r}")
+    return seconds

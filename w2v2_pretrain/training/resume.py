@@ -1,0 +1,70 @@
+"""Continuing a run: which checkpoint, and whether it fits the run's model.
+
+The rest of exact resumption lives where its state does: the module's RNG capture and loop
+progress fix (training/module.py), the sampler's mid-epoch position (data/sampler.py, fed by
+``AudioDataModule._loader``) and the atomic checkpoint writes (training/callbacks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from w2v2_pretrain.checkpoint import check_weights_fit, config_differences, load_file
+from w2v2_pretrain.errors import ConfigError, DataError
+from w2v2_pretrain.models import Wav2Vec2Config
+from w2v2_pretrain.training.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def _newest(paths: list[Path]) -> Path | None:
+    found = [p for p in paths if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def find_resume_checkpoint(run: RunConfig) -> str | None:
+    """``ckpt_path`` if given; with ``resume=true`` the newest of the run folder's
+    ``checkpoints/last.ckpt`` and Lightning's SLURM requeue checkpoints (``hpc_ckpt_*.ckpt``),
+    if any."""
+    if run.ckpt_path and run.resume:
+        raise ConfigError("ckpt_path and resume=true both given: use one")
+    if run.ckpt_path:
+        path = Path(run.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path: {path} does not exist")
+        return str(path)
+    if not run.resume:
+        return None
+    folder, checkpoints = Path(run.paths["output_dir"]), Path(run.paths["checkpoint_dir"])
+    for stale in checkpoints.glob(".*.ckpt.*.tmp"):
+        stale.unlink(missing_ok=True)  # a save that a killed process never finished
+    newest = _newest([checkpoints / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")])
+    if newest is not None:
+        return str(newest)
+    log.info("resume=true but %s holds no checkpoint yet: starting a new run", folder)
+    return None
+
+
+def check_resume_checkpoint(path: str, model: Wav2Vec2Config) -> None:
+    """A one-line error unless ``path`` is a readable training checkpoint whose weights fit
+    ``model``; model settings that differ without changing the weights are listed."""
+    obj = load_file(path, "checkpoint")
+    hparams = obj.get("hyper_parameters") or {}
+    if "state_dict" not in obj or "model" not in hparams or "loops" not in obj:
+        raise DataError(f"{path}: not a w2v2-pretrain training checkpoint")
+    try:
+        saved = Wav2Vec2Config.from_dict(dict(hparams["model"]))
+    except ConfigError as e:
+        raise DataError(f"{path}: {e}") from None
+    changed = config_differences(saved, model)
+    state = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    try:
+        check_weights_fit(model, {k.replace("_orig_mod.", ""): v for k, v in state.items()}, path)
+    except DataError:
+        raise DataError(
+            f"{path}: trained with other model settings ({'; '.join(changed[:4])}); resume "
+            "with the run's own model config"
+        ) from None
+    if changed:
+        log.warning("resuming %s with changed model settings: %s", path, "; ".join(changed))

@@ -3,9 +3,10 @@
 Reads the three forms fairseq has saved (``wav2vec_small.pt``-style ``args`` namespaces of
 fairseq <= 0.10; a pickled omegaconf ``DictConfig``, Oct 2020 - Mar 2021; a plain ``cfg`` dict
 since), with either weight-norm naming of the positional conv; writes the current form, which
-fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. Loading never unpickles
-blindly: ``torch.load(weights_only=True)`` with exactly the classes these files hold
-allow-listed. This table and the field mapping are the one place that knows fairseq's names.
+fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. The file itself is loaded by
+`w2v2_pretrain.model_files.load_file` (weights-only, with exactly the classes these files hold
+allow-listed); this module works on the loaded object. Its tables of parameter names and of
+config fields are the one place that knows fairseq's names.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import ast
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.interop.names import Renames
+from w2v2_pretrain.model_files import ModelSource, atomic_save, check_weights_fit
 from w2v2_pretrain.models.config import (
     ContextNetworkConfig,
     FeatureEncoderConfig,
@@ -30,9 +32,6 @@ from w2v2_pretrain.models.config import (
     Wav2Vec2Config,
 )
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model
-
-if TYPE_CHECKING:
-    from w2v2_pretrain.checkpoint import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -76,52 +75,6 @@ EXTRACTOR_MODES = {
     "default": FeatureEncoderMode.group_norm,
     "layer_norm": FeatureEncoderMode.layer_norm,
 }
-
-
-# -- what loading allows ------------------------------------------------------------------
-
-
-def safe_globals() -> list[Any]:
-    """Exactly the classes fairseq's wav2vec 2.0 checkpoints pickle (besides tensors):
-    argparse.Namespace (fairseq <= 0.10), a plain omegaconf DictConfig with its metadata
-    (Oct 2020 - Mar 2021), the type objects that metadata names, numpy scalars and arrays
-    (values in ``extra_state``)."""
-    import argparse
-    import collections
-    import typing
-
-    import numpy as np
-    from omegaconf import DictConfig, ListConfig
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-
-    found = [
-        argparse.Namespace,
-        collections.defaultdict,
-        typing.Any,
-        dict,
-        list,
-        tuple,
-        int,
-        float,
-        str,
-        bool,
-        DictConfig,
-        ListConfig,
-        ContainerMetadata,
-        Metadata,
-        AnyNode,
-        StringNode,
-        IntegerNode,
-        FloatNode,
-        BooleanNode,
-        np.ndarray,
-        np.dtype,
-        *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
-    ]
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / 1
-    found += [core.multiarray._reconstruct, core.multiarray.scalar]
-    return found
 
 
 def is_fairseq_checkpoint(obj: dict[str, Any]) -> bool:
@@ -387,21 +340,18 @@ def state_dict_from_fairseq(
     return out
 
 
-def read_fairseq(path: str | Path, obj: dict[str, Any] | None = None) -> ModelSource:
-    """Our config and weights from a fairseq wav2vec 2.0 pretraining checkpoint."""
-    from w2v2_pretrain.checkpoint import ModelSource, check_weights_fit, load_file
-
-    path = Path(path)
-    obj = load_file(path, "fairseq checkpoint") if obj is None else obj
+def from_fairseq(obj: dict[str, Any], where: str) -> ModelSource:
+    """Our config and weights from a loaded fairseq wav2vec 2.0 pretraining checkpoint (see
+    `is_fairseq_checkpoint`); ``where`` (the file) starts every error message."""
     try:
         model, task, criterion = _sections(obj)
         if model.get("_name", model.get("arch", "wav2vec2")) not in ("wav2vec2", None):
             raise DataError(f"a {model.get('_name') or model.get('arch')!r} model, not wav2vec2")
         cfg, known = config_from_fairseq(model, task, criterion)
     except DataError as e:
-        raise DataError(f"{path}: {str(e).removeprefix(f'{path}: ')}") from None
-    state = state_dict_from_fairseq(obj["model"], cfg, str(path))
-    check_weights_fit(cfg, state, str(path))
+        raise DataError(f"{where}: {str(e).removeprefix(f'{where}: ')}") from None
+    state = state_dict_from_fairseq(obj["model"], cfg, where)
+    check_weights_fit(cfg, state, where)
     history = obj.get("optimizer_history") or [{}]
     updates = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
     return ModelSource("fairseq", cfg, state, known, int(updates) if updates is not None else None)
@@ -513,8 +463,6 @@ def to_fairseq_checkpoint(model: Wav2Vec2Model, num_updates: int = 0) -> dict[st
 
 def export_fairseq(model: Wav2Vec2Model, path: str | Path, num_updates: int = 0) -> Path:
     """Write a fairseq checkpoint file (atomically)."""
-    from w2v2_pretrain.checkpoint import atomic_save
-
     path = Path(path)
     atomic_save(to_fairseq_checkpoint(model, num_updates), path)
     return path

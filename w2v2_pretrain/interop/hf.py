@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.interop.names import Renames
+from w2v2_pretrain.model_files import ModelSource
 from w2v2_pretrain.models.config import (
     ContextNetworkConfig,
     FeatureEncoderConfig,
@@ -225,13 +226,10 @@ HF_UNKNOWN = {
 _HEADS = ("quantizer.", "project_q.", "project_hid.")
 
 
-def read_hf(path: str | Path):
+def read_hf(path: str | Path) -> ModelSource:
     """Config and weights of a transformers ``Wav2Vec2ForPreTraining`` directory (with its
     ``preprocessor_config.json``, if any, as the input contract)."""
     from transformers import AutoConfig, Wav2Vec2ForPreTraining
-
-    from w2v2_pretrain.checkpoint import ModelSource
-    from w2v2_pretrain.errors import DataError
 
     path = Path(path)
     hf_cfg = AutoConfig.from_pretrained(str(path))

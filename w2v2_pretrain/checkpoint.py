@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.interop.fairseq import from_fairseq, is_fairseq_checkpoint
 from w2v2_pretrain.interop.hf import read_hf
@@ -33,6 +34,7 @@ from w2v2_pretrain.models.config import FeatureEncoderMode, base, large
 __all__ = [
     "ARCHITECTURE",
     "STATE_FORMAT",
+    "InitTemperature",
     "ModelSource",
     "atomic_save",
     "check_weights_fit",
@@ -75,6 +77,16 @@ ARCHITECTURE = {
 }
 
 
+class InitTemperature(Choice):
+    """Where the Gumbel temperature of a run started from a source's weights begins
+    (``init_temperature``)."""
+
+    end = "end"
+    """Where the source's schedule left it: its floor, or where ``num_updates`` took it."""
+    restart = "restart"
+    """The schedule's start, as a fresh run."""
+
+
 def recipe_for(source: Wav2Vec2Config, run: Wav2Vec2Config) -> Wav2Vec2Config:
     """The settings for what a source did not record and a run did not set: the run's, unless
     its encoder is of another kind than the source's; then the paper's recipe for the source's
@@ -87,16 +99,21 @@ def recipe_for(source: Wav2Vec2Config, run: Wav2Vec2Config) -> Wav2Vec2Config:
 
 
 def config_for_init(
-    source: ModelSource, run: Wav2Vec2Config, changed: set[str], temperature: str = "end"
+    source: ModelSource,
+    run: Wav2Vec2Config,
+    changed: set[str],
+    temperature: InitTemperature | str = InitTemperature.end,
 ) -> Wav2Vec2Config:
     """The model config of a run that starts from ``source``'s weights.
 
     The architecture is the source's (``changed`` may not alter it); every other setting is
     the run's where the run set it (``changed``: dotted fields), else the source's where it
     recorded it, else `recipe_for`'s (the run's, or the recipe of the source's encoder kind).
-    ``temperature``: ``end`` starts the Gumbel schedule where the source's ended (its floor,
-    or where ``num_updates`` left it), ``restart`` from the schedule's start.
+    ``temperature`` (`InitTemperature` or its name): ``end`` starts the Gumbel schedule where
+    the source's ended (its floor, or where ``num_updates`` left it), ``restart`` from the
+    schedule's start.
     """
+    temperature = InitTemperature.parse(temperature, "init_temperature")
     src, mine = source.config.flat(), run.flat()
     default = recipe_for(source.config, run).flat()
     known = set(src) if source.known is None else source.known
@@ -113,14 +130,11 @@ def config_for_init(
         else:
             merged[key] = mine[key] if key in changed else value if key in known else default[key]
     cfg = Wav2Vec2Config.from_flat(merged)
-    if temperature == "end":
-        start, floor, decay = cfg.quantizer.temperature
-        reached = floor
-        if source.num_updates is not None:
-            reached = max(start * decay**source.num_updates, floor)
-        cfg.quantizer.temperature = [reached, floor, decay]
-    elif temperature != "restart":
-        raise ConfigError(f"init_temperature: expected 'end' or 'restart', got {temperature!r}")
+    if temperature == InitTemperature.end:
+        q = cfg.quantizer
+        _, floor, decay = q.temperature
+        reached = floor if source.num_updates is None else q.temperature_at(source.num_updates)
+        q.temperature = [reached, floor, decay]
     return cfg.validate()
 
 

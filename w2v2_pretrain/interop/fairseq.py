@@ -5,8 +5,9 @@ fairseq <= 0.10; a pickled omegaconf ``DictConfig``, Oct 2020 - Mar 2021; a plai
 since), with either weight-norm naming of the positional conv; writes the current form, which
 fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. The file itself is loaded by
 `w2v2_pretrain.model_files.load_file` (weights-only, with exactly the classes these files hold
-allow-listed); this module works on the loaded object. Its tables of parameter names and of
-config fields are the one place that knows fairseq's names.
+allow-listed); this module works on the loaded object. Its tables, of parameter names
+(`NAMES`) and of config fields (`FIELDS`, both directions), are the one place that knows
+fairseq's names.
 """
 
 from __future__ import annotations

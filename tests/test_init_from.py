@@ -69,7 +69,7 @@ def test_init_from_transformers_keeps_its_model_and_the_runs_settings(tmp_path):
     assert got.quantizer.temperature[0] == got.quantizer.temperature[1] == 0.5  # at its end
     # the weights are the source's: same tensors, same outputs
     expected = theirs.state_dict()
-    for key, value in to_hf_state_dict(module.model.state_dict(), got).items():
+    for key, value in to_hf_state_dict(module.model.state_dict()).items():
         assert torch.equal(value, expected[key]), key
     module.model.eval()
     x = torch.randn(2, 16_000)

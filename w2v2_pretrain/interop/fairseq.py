@@ -3,36 +3,28 @@
 Reads the three forms fairseq has saved (``wav2vec_small.pt``-style ``args`` namespaces of
 fairseq <= 0.10; a pickled omegaconf ``DictConfig``, Oct 2020 - Mar 2021; a plain ``cfg`` dict
 since), with either weight-norm naming of the positional conv; writes the current form, which
-fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. Loading never unpickles
-blindly: ``torch.load(weights_only=True)`` with exactly the classes these files hold
-allow-listed. This table and the field mapping are the one place that knows fairseq's names.
+fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads. The file itself is loaded by
+`w2v2_pretrain.model_files.load_file` (weights-only, with exactly the classes these files hold
+allow-listed); this module works on the loaded object. Its tables, of parameter names
+(`NAMES`) and of config fields (`FIELDS`, both directions), are the one place that knows
+fairseq's names.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.interop.names import Renames
-from w2v2_pretrain.models.config import (
-    ContextNetworkConfig,
-    FeatureEncoderConfig,
-    FeatureEncoderMode,
-    InputConfig,
-    MaskingConfig,
-    ObjectiveConfig,
-    QuantizerConfig,
-    Wav2Vec2Config,
-)
+from w2v2_pretrain.model_files import ModelSource, atomic_save, check_weights_fit
+from w2v2_pretrain.models.config import FeatureEncoderMode, Wav2Vec2Config
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model
-
-if TYPE_CHECKING:
-    from w2v2_pretrain.checkpoint import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -76,52 +68,6 @@ EXTRACTOR_MODES = {
     "default": FeatureEncoderMode.group_norm,
     "layer_norm": FeatureEncoderMode.layer_norm,
 }
-
-
-# -- what loading allows ------------------------------------------------------------------
-
-
-def safe_globals() -> list[Any]:
-    """Exactly the classes fairseq's wav2vec 2.0 checkpoints pickle (besides tensors):
-    argparse.Namespace (fairseq <= 0.10), a plain omegaconf DictConfig with its metadata
-    (Oct 2020 - Mar 2021), the type objects that metadata names, numpy scalars and arrays
-    (values in ``extra_state``)."""
-    import argparse
-    import collections
-    import typing
-
-    import numpy as np
-    from omegaconf import DictConfig, ListConfig
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-
-    found = [
-        argparse.Namespace,
-        collections.defaultdict,
-        typing.Any,
-        dict,
-        list,
-        tuple,
-        int,
-        float,
-        str,
-        bool,
-        DictConfig,
-        ListConfig,
-        ContainerMetadata,
-        Metadata,
-        AnyNode,
-        StringNode,
-        IntegerNode,
-        FloatNode,
-        BooleanNode,
-        np.ndarray,
-        np.dtype,
-        *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
-    ]
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / 1
-    found += [core.multiarray._reconstruct, core.multiarray.scalar]
-    return found
 
 
 def is_fairseq_checkpoint(obj: dict[str, Any]) -> bool:
@@ -184,7 +130,48 @@ def _literal(value: Any, name: str) -> Any:
         ) from None
 
 
-# -- fairseq config -> ours ---------------------------------------------------------------
+# -- config fields, both ways ------------------------------------------------------------
+
+# (fairseq's section.key, our dotted field): what is read and written alike. A None value
+# counts as unset. conv_feature_layers and latent_temp may be Python source (see `_literal`);
+# extractor_mode names the encoder kind (EXTRACTOR_MODES); a final_dim or latent_dim of 0
+# means the width before it. criterion.loss_weights holds two of our fields (see below).
+FIELDS = [
+    ("model.extractor_mode", "feature_encoder.mode"),
+    ("model.conv_feature_layers", "feature_encoder.conv_layers"),
+    ("model.conv_bias", "feature_encoder.conv_bias"),
+    ("model.feature_grad_mult", "feature_encoder.feature_grad_mult"),
+    ("model.mask_prob", "masking.mask_prob"),
+    ("model.mask_length", "masking.mask_length"),
+    ("model.mask_channel_prob", "masking.channel_prob"),
+    ("model.mask_channel_length", "masking.channel_length"),
+    ("model.encoder_layers", "context_network.num_layers"),
+    ("model.encoder_embed_dim", "context_network.embed_dim"),
+    ("model.encoder_ffn_embed_dim", "context_network.ffn_dim"),
+    ("model.encoder_attention_heads", "context_network.num_heads"),
+    ("model.layer_norm_first", "context_network.layer_norm_first"),
+    ("model.dropout", "context_network.dropout"),
+    ("model.attention_dropout", "context_network.attention_dropout"),
+    ("model.activation_dropout", "context_network.activation_dropout"),
+    ("model.encoder_layerdrop", "context_network.layerdrop"),
+    ("model.conv_pos", "context_network.conv_pos"),
+    ("model.conv_pos_groups", "context_network.conv_pos_groups"),
+    ("model.latent_groups", "quantizer.num_groups"),
+    ("model.latent_vars", "quantizer.num_vars"),
+    ("model.latent_dim", "quantizer.codevector_dim"),
+    ("model.latent_temp", "quantizer.temperature"),
+    ("model.num_negatives", "objective.num_negatives"),
+    ("model.cross_sample_negatives", "objective.cross_sample_negatives"),
+    ("model.logit_temp", "objective.logit_temp"),
+    ("model.final_dim", "final_dim"),
+    ("model.dropout_input", "dropout_input"),
+    ("model.dropout_features", "dropout_features"),
+    ("task.sample_rate", "input.sample_rate"),
+    ("task.normalize", "input.normalize"),
+]
+_LOSS_WEIGHTS = ("objective.diversity_weight", "objective.feature_penalty_weight")
+# fairseq's default where a file may leave a field out and it differs from ours
+_FAIRSEQ_DEFAULTS = {"feature_encoder.feature_grad_mult": 1.0}
 
 # settings whose other values change the architecture or the objective: not mapped
 _REQUIRED = {
@@ -210,12 +197,38 @@ _TRAINING_ONLY = {
     "mask_channel_selection": "static",
     "mask_channel_before": False,
 }
+# what export writes besides FIELDS and loss_weights: the settings of the one architecture,
+# masking and criterion implemented here, in fairseq's names
+_WRITTEN = {
+    "model": {
+        "_name": "wav2vec2",
+        "activation_fn": "gelu",
+        "quantize_targets": True,
+        "quantize_input": False,
+        "same_quantizer": False,
+        "target_glu": False,
+        "mask_selection": "static",
+        "mask_other": 0.0,
+        "no_mask_overlap": False,
+        "mask_min_space": 1,
+        "mask_channel_selection": "static",
+        "mask_channel_other": 0.0,
+        "no_mask_channel_overlap": False,
+        "mask_channel_min_space": 1,
+        "negatives_from_everywhere": False,
+        "codebook_negatives": 0,
+    },
+    "task": {"_name": "audio_pretraining", "data": "", "enable_padding": False},
+    "criterion": {
+        "_name": "wav2vec",
+        "infonce": True,
+        "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+    },
+}
 
 
-def config_from_fairseq(
-    model: dict, task: dict, criterion: dict
-) -> tuple[Wav2Vec2Config, set[str]]:
-    """Our config from fairseq's model/task/criterion settings, and the fields they set."""
+def _check_mappable(model: dict, criterion: dict) -> None:
+    """Refuse architectures not implemented here; warn of training-only differences."""
     for key, want in _REQUIRED.items():
         if (
             key in model
@@ -238,119 +251,66 @@ def config_from_fairseq(
         log.warning(
             "fairseq criterion infonce=false (binary cross-entropy): training here uses InfoNCE"
         )
-    mode = EXTRACTOR_MODES.get(model.get("extractor_mode", "default"))
-    if mode is None:
-        raise DataError(f"fairseq setting extractor_mode={model['extractor_mode']!r}: not mapped")
-    base = Wav2Vec2Config()
-    known: set[str] = set()
 
-    def get(key: str, ours: str, default: Any) -> Any:
-        if key in model and model[key] is not None:
+
+def _ours(field: str, value: Any, key: str, like: Any) -> Any:
+    """fairseq's ``key`` setting as the value of our ``field``, typed as ``like``."""
+    if field == "feature_encoder.mode":
+        if value not in EXTRACTOR_MODES:
+            raise DataError(f"fairseq setting extractor_mode={value!r}: not mapped")
+        return EXTRACTOR_MODES[value]
+    if isinstance(like, list):  # Python source in older files; from_flat types the items
+        return _literal(value, key)
+    return type(like)(value)
+
+
+def _theirs(field: str, value: Any) -> Any:
+    """The value of our ``field`` as fairseq writes it."""
+    if field == "feature_encoder.mode":
+        return {mode: name for name, mode in EXTRACTOR_MODES.items()}[FeatureEncoderMode(value)]
+    if field == "feature_encoder.conv_layers":
+        return "[" + ", ".join(f"({c}, {k}, {s})" for c, k, s in value) + "]"
+    return value
+
+
+def config_from_fairseq(
+    model: dict, task: dict, criterion: dict
+) -> tuple[Wav2Vec2Config, set[str]]:
+    """Our config from fairseq's model/task/criterion settings, and the fields they set."""
+    _check_mappable(model, criterion)
+    sections = {"model": model, "task": task, "criterion": criterion}
+    flat = Wav2Vec2Config().flat() | _FAIRSEQ_DEFAULTS
+    known = {"feature_encoder.mode"}  # left out: fairseq's default, group norm
+    for theirs, ours in FIELDS:
+        section, key = theirs.split(".")
+        value = sections[section].get(key)
+        if value is not None:
+            flat[ours] = _ours(ours, value, key, flat[ours])
             known.add(ours)
-            return model[key]
-        return default
-
-    fe, cn, q, mk, ob = (
-        base.feature_encoder,
-        base.context_network,
-        base.quantizer,
-        base.masking,
-        base.objective,
-    )
-    embed = int(get("encoder_embed_dim", "context_network.embed_dim", cn.embed_dim))
-    final = int(get("final_dim", "final_dim", base.final_dim)) or embed
-    latent = int(get("latent_dim", "quantizer.codevector_dim", q.codevector_dim)) or final
-    conv = _literal(
-        get("conv_feature_layers", "feature_encoder.conv_layers", fe.conv_layers),
-        "conv_feature_layers",
-    )
-    temperature = _literal(
-        get("latent_temp", "quantizer.temperature", q.temperature), "latent_temp"
-    )
-    known.add("feature_encoder.mode")
-    cfg = Wav2Vec2Config(
-        input=InputConfig(
-            sample_rate=int(task.get("sample_rate") or 16_000),
-            normalize=bool(task.get("normalize") or False),
-        ),
-        feature_encoder=FeatureEncoderConfig(
-            conv_layers=[[int(v) for v in layer] for layer in conv],
-            mode=mode,
-            conv_bias=bool(get("conv_bias", "feature_encoder.conv_bias", False)),
-            feature_grad_mult=float(
-                get("feature_grad_mult", "feature_encoder.feature_grad_mult", 1.0)
-            ),
-        ),
-        masking=MaskingConfig(
-            mask_prob=float(get("mask_prob", "masking.mask_prob", mk.mask_prob)),
-            mask_length=int(get("mask_length", "masking.mask_length", mk.mask_length)),
-            channel_prob=float(get("mask_channel_prob", "masking.channel_prob", mk.channel_prob)),
-            channel_length=int(
-                get("mask_channel_length", "masking.channel_length", mk.channel_length)
-            ),
-        ),
-        context_network=ContextNetworkConfig(
-            num_layers=int(get("encoder_layers", "context_network.num_layers", cn.num_layers)),
-            embed_dim=embed,
-            ffn_dim=int(get("encoder_ffn_embed_dim", "context_network.ffn_dim", cn.ffn_dim)),
-            num_heads=int(
-                get("encoder_attention_heads", "context_network.num_heads", cn.num_heads)
-            ),
-            layer_norm_first=bool(
-                get("layer_norm_first", "context_network.layer_norm_first", False)
-            ),
-            dropout=float(get("dropout", "context_network.dropout", cn.dropout)),
-            attention_dropout=float(
-                get("attention_dropout", "context_network.attention_dropout", cn.attention_dropout)
-            ),
-            activation_dropout=float(
-                get(
-                    "activation_dropout",
-                    "context_network.activation_dropout",
-                    cn.activation_dropout,
-                )
-            ),
-            layerdrop=float(get("encoder_layerdrop", "context_network.layerdrop", cn.layerdrop)),
-            conv_pos=int(get("conv_pos", "context_network.conv_pos", cn.conv_pos)),
-            conv_pos_groups=int(
-                get("conv_pos_groups", "context_network.conv_pos_groups", cn.conv_pos_groups)
-            ),
-        ),
-        quantizer=QuantizerConfig(
-            num_groups=int(get("latent_groups", "quantizer.num_groups", q.num_groups)),
-            num_vars=int(get("latent_vars", "quantizer.num_vars", q.num_vars)),
-            codevector_dim=latent,
-            temperature=[float(t) for t in temperature],
-        ),
-        objective=ObjectiveConfig(
-            num_negatives=int(get("num_negatives", "objective.num_negatives", ob.num_negatives)),
-            cross_sample_negatives=int(
-                get(
-                    "cross_sample_negatives",
-                    "objective.cross_sample_negatives",
-                    ob.cross_sample_negatives,
-                )
-            ),
-            logit_temp=float(get("logit_temp", "objective.logit_temp", ob.logit_temp)),
-        ),
-        final_dim=final,
-        dropout_input=float(get("dropout_input", "dropout_input", base.dropout_input)),
-        dropout_features=float(get("dropout_features", "dropout_features", base.dropout_features)),
-    )
+    # fairseq's 0: the width of what feeds it
+    flat["final_dim"] = flat["final_dim"] or flat["context_network.embed_dim"]
+    flat["quantizer.codevector_dim"] = flat["quantizer.codevector_dim"] or flat["final_dim"]
     if "loss_weights" in criterion:
-        weights = _literal(criterion["loss_weights"], "loss_weights")
         # fairseq: no weights means no extra losses at all
-        weights = list(weights or [0.0, 0.0]) + [0.0, 0.0]
-        cfg.objective.diversity_weight, cfg.objective.feature_penalty_weight = (
-            float(weights[0]),
-            float(weights[1]),
-        )
-        known |= {"objective.diversity_weight", "objective.feature_penalty_weight"}
-    if "normalize" in task:
-        known.add("input.normalize")
-    if "sample_rate" in task:
-        known.add("input.sample_rate")
-    return cfg.validate(), known
+        weights = [*(_literal(criterion["loss_weights"], "loss_weights") or []), 0.0, 0.0]
+        flat |= {field: float(w) for field, w in zip(_LOSS_WEIGHTS, weights[:2], strict=True)}
+        known |= set(_LOSS_WEIGHTS)
+    return Wav2Vec2Config.from_flat(flat).validate(), known
+
+
+def config_to_fairseq(cfg: Wav2Vec2Config) -> dict[str, Any]:
+    """fairseq's ``cfg`` (model, task, criterion sections) for our config: the fields of
+    fairseq's ``Wav2Vec2Config``, ``AudioPretrainingConfig`` and ``Wav2VecCriterionConfig``."""
+    out = copy.deepcopy(_WRITTEN)
+    flat = cfg.flat()
+    for theirs, ours in FIELDS:
+        section, key = theirs.split(".")
+        out[section][key] = _theirs(ours, flat[ours])
+    out["criterion"]["loss_weights"] = [flat[field] for field in _LOSS_WEIGHTS]
+    return out
+
+
+# -- fairseq checkpoint -> ours ------------------------------------------------------------
 
 
 def state_dict_from_fairseq(
@@ -387,101 +347,24 @@ def state_dict_from_fairseq(
     return out
 
 
-def read_fairseq(path: str | Path, obj: dict[str, Any] | None = None) -> ModelSource:
-    """Our config and weights from a fairseq wav2vec 2.0 pretraining checkpoint."""
-    from w2v2_pretrain.checkpoint import ModelSource, check_weights_fit, load_file
-
-    path = Path(path)
-    obj = load_file(path, "fairseq checkpoint") if obj is None else obj
+def from_fairseq(obj: dict[str, Any], where: str) -> ModelSource:
+    """Our config and weights from a loaded fairseq wav2vec 2.0 pretraining checkpoint (see
+    `is_fairseq_checkpoint`); ``where`` (the file) starts every error message."""
     try:
         model, task, criterion = _sections(obj)
         if model.get("_name", model.get("arch", "wav2vec2")) not in ("wav2vec2", None):
             raise DataError(f"a {model.get('_name') or model.get('arch')!r} model, not wav2vec2")
         cfg, known = config_from_fairseq(model, task, criterion)
     except DataError as e:
-        raise DataError(f"{path}: {str(e).removeprefix(f'{path}: ')}") from None
-    state = state_dict_from_fairseq(obj["model"], cfg, str(path))
-    check_weights_fit(cfg, state, str(path))
+        raise DataError(f"{where}: {str(e).removeprefix(f'{where}: ')}") from None
+    state = state_dict_from_fairseq(obj["model"], cfg, where)
+    check_weights_fit(cfg, state, where)
     history = obj.get("optimizer_history") or [{}]
     updates = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
     return ModelSource("fairseq", cfg, state, known, int(updates) if updates is not None else None)
 
 
 # -- ours -> fairseq ------------------------------------------------------------------------
-
-
-def config_to_fairseq(cfg: Wav2Vec2Config) -> dict[str, Any]:
-    """fairseq's ``cfg`` (model, task, criterion sections) for our config: the fields of
-    fairseq's ``Wav2Vec2Config``, ``AudioPretrainingConfig`` and ``Wav2VecCriterionConfig``."""
-    fe, mk, cn, q, ob = (
-        cfg.feature_encoder,
-        cfg.masking,
-        cfg.context_network,
-        cfg.quantizer,
-        cfg.objective,
-    )
-    layers = ", ".join(f"({c}, {k}, {s})" for c, k, s in fe.conv_layers)
-    model = {
-        "_name": "wav2vec2",
-        "extractor_mode": "default" if fe.mode == FeatureEncoderMode.group_norm else "layer_norm",
-        "encoder_layers": cn.num_layers,
-        "encoder_embed_dim": cn.embed_dim,
-        "encoder_ffn_embed_dim": cn.ffn_dim,
-        "encoder_attention_heads": cn.num_heads,
-        "activation_fn": "gelu",
-        "dropout": cn.dropout,
-        "attention_dropout": cn.attention_dropout,
-        "activation_dropout": cn.activation_dropout,
-        "encoder_layerdrop": cn.layerdrop,
-        "dropout_input": cfg.dropout_input,
-        "dropout_features": cfg.dropout_features,
-        "final_dim": cfg.final_dim,
-        "layer_norm_first": cn.layer_norm_first,
-        "conv_feature_layers": f"[{layers}]",
-        "conv_bias": fe.conv_bias,
-        "logit_temp": ob.logit_temp,
-        "quantize_targets": True,
-        "quantize_input": False,
-        "same_quantizer": False,
-        "target_glu": False,
-        "feature_grad_mult": fe.feature_grad_mult,
-        "latent_vars": q.num_vars,
-        "latent_groups": q.num_groups,
-        "latent_dim": q.codevector_dim,
-        "mask_length": mk.mask_length,
-        "mask_prob": mk.mask_prob,
-        "mask_selection": "static",
-        "mask_other": 0.0,
-        "no_mask_overlap": False,
-        "mask_min_space": 1,
-        "mask_channel_length": mk.channel_length,
-        "mask_channel_prob": mk.channel_prob,
-        "mask_channel_selection": "static",
-        "mask_channel_other": 0.0,
-        "no_mask_channel_overlap": False,
-        "mask_channel_min_space": 1,
-        "num_negatives": ob.num_negatives,
-        "negatives_from_everywhere": False,
-        "cross_sample_negatives": ob.cross_sample_negatives,
-        "codebook_negatives": 0,
-        "conv_pos": cn.conv_pos,
-        "conv_pos_groups": cn.conv_pos_groups,
-        "latent_temp": list(q.temperature),
-    }
-    task = {
-        "_name": "audio_pretraining",
-        "data": "",
-        "sample_rate": cfg.input.sample_rate,
-        "normalize": cfg.input.normalize,
-        "enable_padding": False,
-    }
-    criterion = {
-        "_name": "wav2vec",
-        "infonce": True,
-        "loss_weights": [ob.diversity_weight, ob.feature_penalty_weight],
-        "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
-    }
-    return {"model": model, "task": task, "criterion": criterion}
 
 
 def to_fairseq_checkpoint(model: Wav2Vec2Model, num_updates: int = 0) -> dict[str, Any]:
@@ -513,8 +396,6 @@ def to_fairseq_checkpoint(model: Wav2Vec2Model, num_updates: int = 0) -> dict[st
 
 def export_fairseq(model: Wav2Vec2Model, path: str | Path, num_updates: int = 0) -> Path:
     """Write a fairseq checkpoint file (atomically)."""
-    from w2v2_pretrain.checkpoint import atomic_save
-
     path = Path(path)
     atomic_save(to_fairseq_checkpoint(model, num_updates), path)
     return path

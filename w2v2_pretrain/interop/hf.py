@@ -1,7 +1,9 @@
 """Hugging Face transformers ``Wav2Vec2ForPreTraining``: export, import and the name mapping.
 
 transformers is an optional extra (``pip install 'w2v2-pretrain[export]'``), imported only here.
-Our module names follow the paper; this table is the one place that knows transformers' names.
+Our module names follow the paper; the tables here, of parameter names (`NAMES`) and of config
+fields (`FIELDS`, both directions and what a directory records), are the one place that knows
+transformers' names.
 """
 
 from __future__ import annotations
@@ -10,18 +12,10 @@ from pathlib import Path
 
 import torch
 
-from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.interop.names import Renames
-from w2v2_pretrain.models.config import (
-    ContextNetworkConfig,
-    FeatureEncoderConfig,
-    FeatureEncoderMode,
-    InputConfig,
-    MaskingConfig,
-    ObjectiveConfig,
-    QuantizerConfig,
-    Wav2Vec2Config,
-)
+from w2v2_pretrain.model_files import ModelSource
+from w2v2_pretrain.models.config import FeatureEncoderMode, InputConfig, Wav2Vec2Config
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model
 
 # (our prefix, transformers' prefix); {i} stands for a layer index
@@ -49,7 +43,56 @@ NAMES = Renames(
 )
 
 
-def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> dict:
+# (transformers' config field, our dotted field), read and written alike. The special cases:
+# the encoder's kind (``feat_extract_norm``) and its convs (three lists, `_CONVS`).
+FIELDS = [
+    ("conv_bias", "feature_encoder.conv_bias"),
+    ("mask_time_prob", "masking.mask_prob"),
+    ("mask_time_length", "masking.mask_length"),
+    ("mask_time_min_masks", "masking.min_masks"),
+    ("mask_feature_prob", "masking.channel_prob"),
+    ("mask_feature_length", "masking.channel_length"),
+    ("num_hidden_layers", "context_network.num_layers"),
+    ("hidden_size", "context_network.embed_dim"),
+    ("intermediate_size", "context_network.ffn_dim"),
+    ("num_attention_heads", "context_network.num_heads"),
+    ("do_stable_layer_norm", "context_network.layer_norm_first"),
+    ("hidden_dropout", "context_network.dropout"),
+    ("attention_dropout", "context_network.attention_dropout"),
+    ("activation_dropout", "context_network.activation_dropout"),
+    ("layerdrop", "context_network.layerdrop"),
+    ("num_conv_pos_embeddings", "context_network.conv_pos"),
+    ("num_conv_pos_embedding_groups", "context_network.conv_pos_groups"),
+    ("num_codevector_groups", "quantizer.num_groups"),
+    ("num_codevectors_per_group", "quantizer.num_vars"),
+    ("codevector_dim", "quantizer.codevector_dim"),
+    ("num_negatives", "objective.num_negatives"),
+    ("contrastive_logits_temperature", "objective.logit_temp"),
+    ("diversity_loss_weight", "objective.diversity_weight"),
+    ("proj_codevector_dim", "final_dim"),
+    ("feat_proj_dropout", "dropout_input"),
+    ("feat_quantizer_dropout", "dropout_features"),
+    ("layer_norm_eps", "layer_norm_eps"),
+]
+_CONVS = ("conv_dim", "conv_kernel", "conv_stride")  # feature_encoder.conv_layers, by column
+_NORMS = {FeatureEncoderMode.group_norm: "group", FeatureEncoderMode.layer_norm: "layer"}
+# what export writes besides FIELDS: the activations and the masking implemented here
+_WRITTEN = {"hidden_act": "gelu", "feat_extract_activation": "gelu", "apply_spec_augment": True}
+# settings transformers has no field for, read as what its model does: no gradient scaling
+# into the encoder, no feature penalty
+_IMPLIED = {"feature_encoder.feature_grad_mult": 1.0, "objective.feature_penalty_weight": 0.0}
+# what a transformers directory records of our fields: FIELDS but the masking (its values
+# are fine-tuning's: mask_time_prob defaults to 0.05), the encoder's kind and convs, and
+# checkpoint_activations, which transformers saves no switch for: read as off
+RECORDED = {ours for _, ours in FIELDS if not ours.startswith("masking.")} | {
+    "feature_encoder.conv_layers",
+    "feature_encoder.mode",
+    "context_network.checkpoint_activations",
+}
+_INPUT = {"input.sample_rate", "input.normalize"}  # recorded by preprocessor_config.json
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict:
     """Our state dict with transformers' names and shapes."""
     out = {}
     for name, t in state.items():
@@ -77,48 +120,13 @@ def to_hf_config(cfg: Wav2Vec2Config):
     """The equivalent ``transformers.Wav2Vec2Config``."""
     from transformers import Wav2Vec2Config as HFConfig
 
-    fe, mk, cn, q, ob = (
-        cfg.feature_encoder,
-        cfg.masking,
-        cfg.context_network,
-        cfg.quantizer,
-        cfg.objective,
-    )
+    flat = cfg.flat()
+    columns = zip(*cfg.feature_encoder.conv_layers, strict=True)
     return HFConfig(
-        hidden_size=cn.embed_dim,
-        num_hidden_layers=cn.num_layers,
-        num_attention_heads=cn.num_heads,
-        intermediate_size=cn.ffn_dim,
-        hidden_act="gelu",
-        hidden_dropout=cn.dropout,
-        activation_dropout=cn.activation_dropout,
-        attention_dropout=cn.attention_dropout,
-        feat_proj_dropout=cfg.dropout_input,
-        feat_quantizer_dropout=cfg.dropout_features,
-        layerdrop=cn.layerdrop,
-        layer_norm_eps=cfg.layer_norm_eps,
-        feat_extract_norm="group" if fe.mode == FeatureEncoderMode.group_norm else "layer",
-        feat_extract_activation="gelu",
-        conv_dim=[c for c, _, _ in fe.conv_layers],
-        conv_kernel=[k for _, k, _ in fe.conv_layers],
-        conv_stride=[s for _, _, s in fe.conv_layers],
-        conv_bias=fe.conv_bias,
-        num_conv_pos_embeddings=cn.conv_pos,
-        num_conv_pos_embedding_groups=cn.conv_pos_groups,
-        do_stable_layer_norm=cn.layer_norm_first,
-        apply_spec_augment=True,
-        mask_time_prob=mk.mask_prob,
-        mask_time_length=mk.mask_length,
-        mask_time_min_masks=mk.min_masks,
-        mask_feature_prob=mk.channel_prob,
-        mask_feature_length=mk.channel_length,
-        num_codevectors_per_group=q.num_vars,
-        num_codevector_groups=q.num_groups,
-        codevector_dim=q.codevector_dim,
-        proj_codevector_dim=cfg.final_dim,
-        contrastive_logits_temperature=ob.logit_temp,
-        num_negatives=ob.num_negatives,
-        diversity_loss_weight=ob.diversity_weight,
+        **_WRITTEN,
+        **{theirs: flat[ours] for theirs, ours in FIELDS},
+        **{name: list(column) for name, column in zip(_CONVS, columns, strict=True)},
+        feat_extract_norm=_NORMS[FeatureEncoderMode(cfg.feature_encoder.mode)],
     )
 
 
@@ -126,55 +134,17 @@ def from_hf_config(hf) -> Wav2Vec2Config:
     """Our config from a ``transformers.Wav2Vec2Config`` (fields it lacks keep BASE values)."""
     if getattr(hf, "feat_extract_activation", "gelu") != "gelu" or hf.hidden_act != "gelu":
         raise ConfigError("only GELU activations are supported")
-    return Wav2Vec2Config(
-        feature_encoder=FeatureEncoderConfig(
-            conv_layers=[
-                list(c) for c in zip(hf.conv_dim, hf.conv_kernel, hf.conv_stride, strict=True)
-            ],
-            mode=(
-                FeatureEncoderMode.group_norm
-                if hf.feat_extract_norm == "group"
-                else FeatureEncoderMode.layer_norm
-            ),
-            conv_bias=hf.conv_bias,
-            feature_grad_mult=1.0,  # transformers has no feature_grad_mult
-        ),
-        masking=MaskingConfig(
-            mask_prob=hf.mask_time_prob,
-            mask_length=hf.mask_time_length,
-            min_masks=hf.mask_time_min_masks,
-            channel_prob=hf.mask_feature_prob,
-            channel_length=hf.mask_feature_length,
-        ),
-        context_network=ContextNetworkConfig(
-            num_layers=hf.num_hidden_layers,
-            embed_dim=hf.hidden_size,
-            ffn_dim=hf.intermediate_size,
-            num_heads=hf.num_attention_heads,
-            layer_norm_first=hf.do_stable_layer_norm,
-            dropout=hf.hidden_dropout,
-            attention_dropout=hf.attention_dropout,
-            activation_dropout=hf.activation_dropout,
-            layerdrop=hf.layerdrop,
-            conv_pos=hf.num_conv_pos_embeddings,
-            conv_pos_groups=hf.num_conv_pos_embedding_groups,
-        ),
-        quantizer=QuantizerConfig(
-            num_groups=hf.num_codevector_groups,
-            num_vars=hf.num_codevectors_per_group,
-            codevector_dim=hf.codevector_dim,
-        ),
-        objective=ObjectiveConfig(
-            num_negatives=hf.num_negatives,
-            logit_temp=hf.contrastive_logits_temperature,
-            diversity_weight=hf.diversity_loss_weight,
-            feature_penalty_weight=0.0,
-        ),
-        final_dim=hf.proj_codevector_dim,
-        dropout_input=hf.feat_proj_dropout,
-        dropout_features=hf.feat_quantizer_dropout,
-        layer_norm_eps=hf.layer_norm_eps,
+    flat = Wav2Vec2Config().flat() | _IMPLIED
+    flat |= {ours: getattr(hf, theirs) for theirs, ours in FIELDS}
+    flat["feature_encoder.conv_layers"] = [
+        list(c) for c in zip(*(getattr(hf, name) for name in _CONVS), strict=True)
+    ]
+    flat["feature_encoder.mode"] = (
+        FeatureEncoderMode.group_norm
+        if hf.feat_extract_norm == "group"
+        else FeatureEncoderMode.layer_norm
     )
+    return Wav2Vec2Config.from_flat(flat)
 
 
 def to_hf_model(model: Wav2Vec2Model):
@@ -182,7 +152,7 @@ def to_hf_model(model: Wav2Vec2Model):
     from transformers import Wav2Vec2ForPreTraining
 
     hf = Wav2Vec2ForPreTraining(to_hf_config(model.cfg))
-    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg), strict=True)
+    hf.load_state_dict(to_hf_state_dict(model.state_dict()), strict=True)
     return hf.eval()
 
 
@@ -210,28 +180,13 @@ def export(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
     return out_dir
 
 
-# fields a transformers config does not hold (or holds for fine-tuning: its masking)
-HF_UNKNOWN = {
-    "feature_encoder.feature_grad_mult",
-    "objective.feature_penalty_weight",
-    "objective.cross_sample_negatives",
-    "quantizer.temperature",
-    "masking.mask_prob",
-    "masking.mask_length",
-    "masking.min_masks",
-    "masking.channel_prob",
-    "masking.channel_length",
-}
 _HEADS = ("quantizer.", "project_q.", "project_hid.")
 
 
-def read_hf(path: str | Path):
+def read_hf(path: str | Path) -> ModelSource:
     """Config and weights of a transformers ``Wav2Vec2ForPreTraining`` directory (with its
     ``preprocessor_config.json``, if any, as the input contract)."""
     from transformers import AutoConfig, Wav2Vec2ForPreTraining
-
-    from w2v2_pretrain.checkpoint import ModelSource
-    from w2v2_pretrain.errors import DataError
 
     path = Path(path)
     hf_cfg = AutoConfig.from_pretrained(str(path))
@@ -252,12 +207,11 @@ def read_hf(path: str | Path):
             "or feature extraction; continued pretraining and export need a "
             "Wav2Vec2ForPreTraining checkpoint"
         )
+    known = set(RECORDED)
     if (path / "preprocessor_config.json").is_file():
         from transformers import Wav2Vec2FeatureExtractor
 
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(path))
         cfg.input = InputConfig(sample_rate=fe.sampling_rate, normalize=bool(fe.do_normalize))
-    known = set(cfg.flat()) - HF_UNKNOWN
-    if not (path / "preprocessor_config.json").is_file():
-        known -= {"input.sample_rate", "input.normalize"}
+        known |= _INPUT
     return ModelSource("transformers", cfg, from_hf_state_dict(hf.state_dict(), cfg), known)

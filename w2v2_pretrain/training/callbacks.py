@@ -11,7 +11,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from w2v2_pretrain.checkpoint import atomic_save
+from w2v2_pretrain.model_files import atomic_save
 
 
 class UpdateLearningRateMonitor(LearningRateMonitor):

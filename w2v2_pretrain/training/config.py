@@ -11,19 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2v2_pretrain.choice import Choice
+from w2v2_pretrain.checkpoint import InitTemperature
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.training.health import HealthConfig
-
-
-class InitTemperature(Choice):
-    """Where the Gumbel temperature of a run started with ``init_from`` begins."""
-
-    end = "end"
-    """Where the source's schedule ended (its floor, or where its recorded updates left it)."""
-    restart = "restart"
-    """From the schedule's start, as a new run."""
 
 
 @dataclass(kw_only=True)

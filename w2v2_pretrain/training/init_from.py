@@ -7,7 +7,12 @@ neither the original source nor its download).
 
 from __future__ import annotations
 
-from w2v2_pretrain.checkpoint import ModelSource, config_for_init, read_model_source
+from w2v2_pretrain.checkpoint import (
+    InitTemperature,
+    ModelSource,
+    config_for_init,
+    read_model_source,
+)
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.models.config import preset
 
@@ -35,13 +40,15 @@ def model_for_init(
     model: Wav2Vec2Config,
     init_from: str,
     set_by_run: set[str],
-    temperature: str,
+    temperature: InitTemperature,
     resume_from: str | None,
 ) -> tuple[Wav2Vec2Config, ModelSource | None]:
     """The model config of a run started from ``init_from``, and the source whose weights it
     loads (None when resuming: the weights then come with the resumed checkpoint)."""
     source = read_model_source(resume_from or init_from)
-    merged = config_for_init(source, model, set_by_run, "restart" if resume_from else temperature)
+    merged = config_for_init(
+        source, model, set_by_run, InitTemperature.restart if resume_from else temperature
+    )
     if resume_from:
         merged.quantizer.temperature = source.config.quantizer.temperature
         return merged, None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from w2v2_pretrain.checkpoint import check_weights_fit, config_differences, load_file
+from w2v2_pretrain.checkpoint import config_differences
 from w2v2_pretrain.errors import ConfigError, DataError
+from w2v2_pretrain.model_files import check_weights_fit, load_file, read_ours
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.training.config import RunConfig
 
@@ -50,17 +51,12 @@ def check_resume_checkpoint(path: str, model: Wav2Vec2Config) -> None:
     """A one-line error unless ``path`` is a readable training checkpoint whose weights fit
     ``model``; model settings that differ without changing the weights are listed."""
     obj = load_file(path, "checkpoint")
-    hparams = obj.get("hyper_parameters") or {}
-    if "state_dict" not in obj or "model" not in hparams or "loops" not in obj:
+    if "loops" not in obj or "model" not in (obj.get("hyper_parameters") or {}):
         raise DataError(f"{path}: not a w2v2-pretrain training checkpoint")
-    try:
-        saved = Wav2Vec2Config.from_dict(dict(hparams["model"]))
-    except ConfigError as e:
-        raise DataError(f"{path}: {e}") from None
+    saved, state, _ = read_ours(path, obj)
     changed = config_differences(saved, model)
-    state = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
     try:
-        check_weights_fit(model, {k.replace("_orig_mod.", ""): v for k, v in state.items()}, path)
+        check_weights_fit(model, state, path)
     except DataError:
         raise DataError(
             f"{path}: trained with other model settings ({'; '.join(changed[:4])}); resume "

@@ -19,9 +19,8 @@ from w2v2_pretrain.data.manifest import Manifest
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.feature_encoder import frame_lengths
-from w2v2_pretrain.models.masking import MaskPlan
+from w2v2_pretrain.models.masking import MaskPlan, draw_masks
 from w2v2_pretrain.models.noise import PerUtteranceNoise
-from w2v2_pretrain.models.wav2vec2 import draw_masks
 
 log = logging.getLogger(__name__)
 

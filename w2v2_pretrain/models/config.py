@@ -154,6 +154,12 @@ class QuantizerConfig:
     """Gumbel temperature (start, floor, decay per update): max(start * decay^step, floor);
     fairseq ``latent_temp``. BASE (2, 0.5, 0.999995), LARGE (2, 0.1, 0.999995)."""
 
+    @property
+    def num_codevectors(self) -> int:
+        """G x V, the entries of all codebooks (what the diversity loss and the code
+        perplexity are measured against)."""
+        return self.num_groups * self.num_vars
+
     def temperature_at(self, step: int) -> float:
         start, floor, decay = self.temperature
         return max(start * decay**step, floor)
@@ -180,6 +186,12 @@ class ObjectiveConfig:
     feature_penalty_weight: float = 10.0
     """Weight of the L2 penalty on the encoder output; fairseq ``loss_weights[1]``. BASE 10,
     LARGE (LibriVox) 0."""
+
+    @property
+    def num_distractors(self) -> int:
+        """K, the distractors of each masked frame: from its own utterance, then from the
+        batch."""
+        return self.num_negatives + self.cross_sample_negatives
 
 
 @dataclass(kw_only=True)
@@ -313,7 +325,7 @@ class Wav2Vec2Config:
                 "must be (start, floor, decay) with start >= floor > 0 and 0 < decay <= 1",
             ),
             (
-                ob.num_negatives + ob.cross_sample_negatives >= 1,
+                ob.num_distractors >= 1,
                 "objective.num_negatives",
                 "need at least one distractor",
             ),

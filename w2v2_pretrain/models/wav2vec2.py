@@ -254,9 +254,7 @@ class Wav2Vec2Model(nn.Module):
         logits = contrastive_logits(context, targets, within, cross, ob.logit_temp, same)
         num_masked = torch.full((), B * M, dtype=torch.long, device=logits.device)
         contrastive = contrastive_loss(logits)
-        diversity = diversity_loss(
-            q.prob_perplexity, cfg.quantizer.num_groups * cfg.quantizer.num_vars
-        )
+        diversity = diversity_loss(q.prob_perplexity, cfg.quantizer.num_codevectors)
         total = (
             contrastive
             + ob.diversity_weight * diversity * num_masked

@@ -100,9 +100,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self.max_bad_updates = max_bad_updates
         self.on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
         self.bad_files_log = Path(bad_files_log) if bad_files_log else None
-        q = self.cfg.quantizer
         self.register_buffer(
-            "code_counts", torch.zeros(q.num_groups * q.num_vars), persistent=False
+            "code_counts", torch.zeros(self.cfg.quantizer.num_codevectors), persistent=False
         )
         self._update: torch.Tensor | None = None  # this rank's sums of the update in progress
         self._update_bad_files: tuple[str, ...] = ()  # and the files it left out
@@ -337,10 +336,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         metrics = self._update_metrics(sums, "val")
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val/loss", "val/accuracy"), sync_dist=False)
-        ob = self.cfg.objective
-        self.log(
-            "val/contrastive_chance", chance_loss(ob.num_negatives + ob.cross_sample_negatives)
-        )
+        self.log("val/contrastive_chance", chance_loss(self.cfg.objective.num_distractors))
 
     # -- monitoring ---------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import torch
 
 from w2v2_pretrain.interop.hf import to_hf_model
 from w2v2_pretrain.models import Wav2Vec2Model, preset
+from w2v2_pretrain.models.flops import step_flops
 from w2v2_pretrain.models.masking import MaskPlan
 
 
@@ -197,15 +198,13 @@ def measure_memory(args) -> None:
 
 
 def count_flops(runner: Runner, device: torch.device, autocast) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
+    def forward() -> torch.Tensor:
         with autocast():
-            loss = runner.forward()
-        loss.backward()
+            return runner.forward()
+
+    flops = step_flops(forward)
     runner.optimizer.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(flops)
 
 
 def data_path(manifest: str, seconds: float, batches: int) -> float:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.paths import CONFIG_MODULE
 from w2v2_pretrain.train import TrainResult, register_configs, train
+from w2v2_pretrain.training.quiet import quiet_lightning
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
 
@@ -62,6 +63,7 @@ def summary(result: TrainResult) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
+    quiet_lightning()
     result = train(cfg)
     from pytorch_lightning.utilities import rank_zero_only
 

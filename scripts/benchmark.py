@@ -28,6 +28,7 @@ import torch
 
 from w2v2_pretrain.interop.hf import to_hf_model
 from w2v2_pretrain.models import Wav2Vec2Model, preset
+from w2v2_pretrain.models.flops import step_flops
 from w2v2_pretrain.models.masking import MaskPlan
 
 
@@ -161,7 +162,7 @@ def autocast_for(args, device: torch.device):
     return contextlib.nullcontext
 
 
-def peak_memory(args, which: str) -> float:
+def peak_memory(which: str) -> float:
     """Peak memory in MiB of a process that builds one implementation and trains 3 steps."""
     cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-of", which]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -196,16 +197,14 @@ def measure_memory(args) -> None:
         print(peak_kib / 1024)
 
 
-def count_flops(runner: Runner, device: torch.device, autocast) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
+def count_flops(runner: Runner, autocast) -> float:
+    def forward() -> torch.Tensor:
         with autocast():
-            loss = runner.forward()
-        loss.backward()
+            return runner.forward()
+
+    flops = step_flops(forward)
     runner.optimizer.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(flops)
 
 
 def data_path(manifest: str, seconds: float, batches: int) -> float:
@@ -276,7 +275,7 @@ def main() -> None:
             times[name].append(runner.step(device, autocast))
             rates[name].append(matmul.sample())
     rate = matmul.rate
-    flops = count_flops(runners["ours"], device, autocast)
+    flops = count_flops(runners["ours"], autocast)
     results = {
         "preset": args.preset,
         "batch": args.batch,
@@ -308,7 +307,7 @@ def main() -> None:
             "timing_ms": asdict(timing),
             "audio_seconds_per_second": audio / (timing.step / 1e3),
             "fraction_of_matmul_rate": fraction,
-            "peak_memory_mib": peak_memory(args, name),
+            "peak_memory_mib": peak_memory(name),
         }
     results["data_path_audio_seconds_per_second"] = data_path(args.manifest, args.seconds, 40)
 

@@ -90,7 +90,8 @@ def run(seed: int, steps: int, mode: str, normalize: bool, lr: float, warmup: in
     gumbels: dict[str, torch.Tensor] = {}
     original = F.gumbel_softmax
 
-    def same_noise_gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
+    # the signature of F.gumbel_softmax, which it stands in for (always hard, no eps needed)
+    def same_noise_gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):  # noqa: ARG001
         y_soft = ((logits + gumbels["all"]) / tau).softmax(dim)  # torch's, with our draws
         index = y_soft.max(dim, keepdim=True)[1]
         y_hard = torch.zeros_like(logits).scatter_(dim, index, 1.0)

@@ -30,6 +30,7 @@ from w2v2_pretrain.training.config import RunConfig
 from w2v2_pretrain.training.health import RunHealth, RunHealthMonitor, chance_loss
 from w2v2_pretrain.training.init_from import fields_set_by_run, model_for_init
 from w2v2_pretrain.training.module import Wav2Vec2Pretraining
+from w2v2_pretrain.training.quiet import quiet_lightning
 from w2v2_pretrain.training.resume import check_resume_checkpoint, find_resume_checkpoint
 from w2v2_pretrain.training.schedules import warmup_updates
 
@@ -150,8 +151,8 @@ def _trainer(run: RunConfig, model: Wav2Vec2Config) -> pl.Trainer:
     ]
     health = RunHealth(
         config=run.health,
-        num_distractors=model.objective.num_negatives + model.objective.cross_sample_negatives,
-        num_codevectors=model.quantizer.num_groups * model.quantizer.num_vars,
+        num_distractors=model.objective.num_distractors,
+        num_codevectors=model.quantizer.num_codevectors,
         warmup_updates=warmup_updates(run.optim["scheduler"]["warmup"], run.trainer["max_steps"]),
     )
     callbacks.append(RunHealthMonitor(health))
@@ -181,6 +182,7 @@ def _instantiate(node: dict, where: str, **kwargs):
 
 def train(cfg: DictConfig) -> TrainResult:
     """Pretrain as configured; return where outputs went and the final validation metrics."""
+    quiet_lightning()
     # our batch sampler resumes mid-epoch from the loop's progress (AudioDataModule._loader),
     # so Lightning's generic warning about non-resumable loaders does not apply
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
@@ -224,7 +226,6 @@ def _result(
         if getattr(cb, "monitor", None) and cb.best_model_path:
             best = Path(cb.best_model_path)
     monitor = next(c for c in trainer.callbacks if isinstance(c, RunHealthMonitor))
-    ob = module.cfg.objective
     last = checkpoint_dir / "last.ckpt"
     return TrainResult(
         output_dir=Path(run.paths["output_dir"]),
@@ -233,7 +234,7 @@ def _result(
         best_checkpoint=best,
         global_step=trainer.global_step,
         val_metrics=metrics,
-        chance=chance_loss(ob.num_negatives + ob.cross_sample_negatives),
+        chance=chance_loss(module.cfg.objective.num_distractors),
         warnings=[w.message for w in monitor.warnings],
         stopped_by=stopped_by,
     )

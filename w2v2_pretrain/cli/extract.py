@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.errors import DataError
+
+if TYPE_CHECKING:
+    from w2v2_pretrain.models import Wav2Vec2Model
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -20,8 +25,7 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-@friendly_errors
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="w2v2-extract",
         description="Write the context network's output (or Transformer layer N) for every "
@@ -44,11 +48,65 @@ def main(argv: list[str] | None = None) -> None:
         "(its recorded input contract)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    return p
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One utterance to extract: its file, the manifest's length (None for a lone file), how
+    errors name it, and its output path under OUT_DIR."""
+
+    path: Path
+    expected_samples: int | None
+    where: str
+    out: Path
+
+
+def _jobs(src: Path) -> list[_Job]:
+    """Every utterance of a manifest (``.tsv``), each written at its path; or the one file."""
+    from w2v2_pretrain.data.manifest import read_manifest
+
+    if src.suffix != ".tsv":
+        return [_Job(src, None, str(src), Path(src.stem + ".npy"))]
+    manifest = read_manifest(src)
+    return [
+        _Job(
+            manifest.audio_path(i),
+            entry.num_samples,
+            manifest.where(i),
+            Path(entry.path).with_suffix(".npy"),
+        )
+        for i, entry in enumerate(manifest.entries)
+    ]
+
+
+def _extract(
+    model: Wav2Vec2Model, job: _Job, normalize_input: bool, layer: int | None, device: str
+) -> np.ndarray:
+    """(T, D) representations of one utterance."""
+    from w2v2_pretrain.data.audio import normalize, read_audio
+
+    cfg = model.cfg
+    wav = read_audio(
+        job.path, cfg.input.sample_rate, expected_samples=job.expected_samples, where=job.where
+    )
+    if len(wav) < cfg.receptive_field:
+        raise DataError(
+            f"{job.where}: {len(wav)} samples, shorter than the feature encoder's "
+            f"receptive field ({cfg.receptive_field} samples)"
+        )
+    if normalize_input:
+        wav = normalize(wav)
+    with torch.inference_mode():
+        feats = model.extract(torch.from_numpy(wav)[None].to(device), num_layers=layer)
+    return feats.hidden[0].float().cpu().numpy()
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
 
     from w2v2_pretrain.checkpoint import load_model
-    from w2v2_pretrain.data.audio import normalize, read_audio
-    from w2v2_pretrain.data.manifest import read_manifest
 
     model = load_model(args.model).to(args.device)
     contract = model.cfg.input
@@ -56,35 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     depth = model.cfg.context_network.num_layers
     if args.layer is not None and not 1 <= args.layer <= depth:
         raise DataError(f"--layer {args.layer}: the model has layers 1..{depth}")
-    src = Path(args.input)
-    if src.suffix == ".tsv":
-        manifest = read_manifest(src)
-        jobs = [
-            (
-                manifest.audio_path(i),
-                manifest.entries[i].num_samples,
-                manifest.where(i),
-                Path(manifest.entries[i].path).with_suffix(".npy"),
-            )
-            for i in range(len(manifest))
-        ]
-    else:
-        jobs = [(src, None, str(src), Path(src.stem + ".npy"))]
+    jobs = _jobs(Path(args.input))
     out_dir = Path(args.out_dir)
-    for path, expected, where, rel in jobs:
-        wav = read_audio(path, contract.sample_rate, expected_samples=expected, where=where)
-        if len(wav) < model.cfg.receptive_field:
-            raise DataError(
-                f"{where}: {len(wav)} samples, shorter than the feature encoder's "
-                f"receptive field ({model.cfg.receptive_field} samples)"
-            )
-        if normalize_input:
-            wav = normalize(wav)
-        with torch.inference_mode():
-            feats = model.extract(
-                torch.from_numpy(wav)[None].to(args.device), num_layers=args.layer
-            )
-        _save(out_dir / rel, feats.hidden[0].float().cpu().numpy())
+    for job in jobs:
+        _save(out_dir / job.out, _extract(model, job, normalize_input, args.layer, args.device))
     print(
         f"wrote {len(jobs)} files of dim {model.cfg.context_network.embed_dim} to {out_dir} "
         f"(input: {contract.sample_rate} Hz, normalized: {normalize_input})"

@@ -43,6 +43,40 @@ def sample_problem(wav: np.ndarray, allow_silence: bool = False) -> AudioProblem
     return None
 
 
+def format_problem(
+    info: AudioInfo,
+    sample_rate: int,
+    resample: bool = True,
+    downmix: bool = True,
+    expected_samples: int | None = None,
+) -> AudioProblem | None:
+    """Why a file of this shape cannot be used as the run reads it, or None: what
+    `read_audio` refuses, known from the header alone (so the setup check says it first).
+
+    ``expected_samples`` is the manifest's length at the file's own rate; without
+    ``resample`` another rate, and without ``downmix`` several channels, is a problem.
+    """
+    if info.frames == 0:
+        return AudioProblem("empty", "empty audio (0 samples)")
+    if expected_samples is not None and info.frames != expected_samples:
+        return AudioProblem(
+            "wrong length",
+            f"manifest says {expected_samples} samples but the file has {info.frames} "
+            "(truncated or replaced file? rebuild the manifest)",
+        )
+    if not downmix and info.channels > 1:
+        return AudioProblem(
+            "channels", f"{info.channels} channels; set data.downmix=true to average them"
+        )
+    if not resample and info.sample_rate != sample_rate:
+        return AudioProblem(
+            "sample rate",
+            f"sample rate {info.sample_rate} Hz, expected {sample_rate} Hz; "
+            "set data.resample=true to resample",
+        )
+    return None
+
+
 def inspect_audio(path: str | Path, decode: bool = False) -> AudioInfo | AudioProblem:
     """The file's frames and rate, or why it cannot be used.
 
@@ -108,24 +142,15 @@ def read_audio(
             f"{where}: unreadable audio: {_reason(e)} (corrupt, truncated or not audio?)"
         ) from None
     frames, channels = wav.shape
-    if frames == 0:
-        raise DataError(f"{where}: empty audio (0 samples)")
-    if expected_samples is not None and frames != expected_samples:
-        raise DataError(
-            f"{where}: manifest says {expected_samples} samples but the file has {frames} "
-            "(truncated or replaced file? rebuild the manifest)"
-        )
+    problem = format_problem(
+        AudioInfo(frames, rate, channels), sample_rate, resample, downmix, expected_samples
+    )
+    if problem:
+        raise DataError(f"{where}: {problem.detail}")
     if channels > 1:
-        if not downmix:
-            raise DataError(f"{where}: {channels} channels; set data.downmix=true to average them")
         wav = wav.mean(axis=1, keepdims=True)
     wav = wav[:, 0]
     if rate != sample_rate:
-        if not resample:
-            raise DataError(
-                f"{where}: sample rate {rate} Hz, expected {sample_rate} Hz; "
-                "set data.resample=true to resample"
-            )
         import torchaudio.functional as AF
 
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), rate, sample_rate).numpy()

@@ -5,23 +5,31 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from w2v2_pretrain.choice import Choice
-from w2v2_pretrain.data.audio import AudioInfo, inspect_audio, read_audio, sample_problem
+from w2v2_pretrain.data.audio import (
+    AudioInfo,
+    AudioProblem,
+    format_problem,
+    inspect_audio,
+    read_audio,
+    sample_problem,
+)
 from w2v2_pretrain.data.audio import normalize as normalize_wav
 from w2v2_pretrain.data.manifest import Manifest
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.feature_encoder import frame_lengths
-from w2v2_pretrain.models.masking import MaskPlan
+from w2v2_pretrain.models.masking import MaskPlan, draw_masks
 from w2v2_pretrain.models.noise import PerUtteranceNoise
-from w2v2_pretrain.models.wav2vec2 import draw_masks
 
 log = logging.getLogger(__name__)
 
@@ -300,36 +308,86 @@ class VerifyLevel(Choice):
 
 
 def _check_file(
-    args: tuple[str, int, VerifyLevel, int | None, bool],
-) -> tuple[str, str] | int | None:
-    """(kind, detail) of what is wrong with one manifest entry, else its sample rate (None if
-    no header was read). ``rate``: the only rate accepted (None: any, it is resampled);
-    ``downmix``: accept several channels."""
-    path, expected, level, rate, downmix = args
+    path: str,
+    expected: int,
+    *,
+    verify: VerifyLevel,
+    sample_rate: int,
+    resample: bool,
+    downmix: bool,
+) -> AudioInfo | AudioProblem | None:
+    """What is wrong with one manifest entry, else what its header says (None if no header
+    was read). ``resample``/``downmix`` off: another rate or several channels is a problem."""
     if not os.path.isfile(path):
-        return (
-            ("missing", "file not found")
-            if not os.path.exists(path)
-            else ("not a file", "not a regular file")
-        )
-    if level == VerifyLevel.none:
+        if not os.path.exists(path):
+            return AudioProblem("missing", "file not found")
+        return AudioProblem("not a file", "not a regular file")
+    if verify == VerifyLevel.none:
         return None
-    found = inspect_audio(path, decode=level == VerifyLevel.decode)
-    if not isinstance(found, AudioInfo):
-        return found.kind, found.detail
-    if found.frames != expected:
-        return "wrong length", (
-            f"manifest says {expected} samples but the file has {found.frames} "
-            "(truncated or replaced file? rebuild the manifest)"
-        )
-    if rate is not None and found.sample_rate != rate:
-        return "sample rate", (
-            f"sample rate {found.sample_rate} Hz, expected {rate} Hz; set data.resample=true "
-            "to resample"
-        )
-    if not downmix and found.channels > 1:
-        return "channels", f"{found.channels} channels; set data.downmix=true to average them"
-    return found.sample_rate
+    found = inspect_audio(path, decode=verify == VerifyLevel.decode)
+    if isinstance(found, AudioProblem):
+        return found
+    return format_problem(found, sample_rate, resample, downmix, expected) or found
+
+
+def _check_files(
+    manifest: Manifest,
+    check: Callable[[str, int], AudioInfo | AudioProblem | None],
+    workers: int,
+    progress: str | None,
+) -> list[AudioInfo | AudioProblem | None]:
+    """``check(path, num_samples)`` of every entry in parallel threads, in manifest order;
+    with a progress bar titled ``progress``."""
+    paths = [str(manifest.audio_path(i)) for i in range(len(manifest))]
+    expected = [e.num_samples for e in manifest.entries]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(check, paths, expected, chunksize=16)
+        if progress and paths:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(paths), desc=progress, unit="file")
+        return list(results)
+
+
+def _too_short(length: int, sample_rate: int, receptive_field: int) -> AudioProblem | None:
+    """A clip the feature encoder cannot make one frame of."""
+    if length >= receptive_field:
+        return None
+    return AudioProblem(
+        "too short",
+        f"{length} samples at {sample_rate} Hz, shorter than the feature encoder's receptive "
+        f"field ({receptive_field} samples)",
+    )
+
+
+@dataclass
+class _Triage:
+    """Where `check_manifest` puts each entry: kept, dropped (counted by reason) or, being a
+    bad file skipped under ``on_bad_file=skip``, also named (``where: reason``)."""
+
+    keep: list[int] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+
+    def bad_file(self, where: str, problem: AudioProblem, on_bad_file: BadFilePolicy) -> None:
+        if on_bad_file == BadFilePolicy.error:
+            raise DataError(f"{where}: {problem.detail} (data.on_bad_file=skip skips bad files)")
+        log.warning("skipping %s: %s", where, problem.detail)
+        self.skipped.append(f"{where}: {problem.detail}")
+        self.dropped[problem.kind] += 1
+
+    def summarise(self, manifest: Manifest) -> None:
+        """Stop if nothing is left of a manifest that had entries; else log what was dropped."""
+        if not self.keep and len(manifest):
+            raise DataError(f"{manifest.name}: no usable entries (dropped {dict(self.dropped)})")
+        if self.dropped:
+            log.warning(
+                "%s: kept %d of %d entries; dropped %s",
+                manifest.name,
+                len(self.keep),
+                len(manifest),
+                dict(self.dropped),
+            )
 
 
 def check_manifest(
@@ -358,56 +416,24 @@ def check_manifest(
     """
     verify = VerifyLevel.parse(verify, "data.verify")
     on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
-    only_rate = None if resample else sample_rate
-    jobs = [
-        (str(manifest.audio_path(i)), e.num_samples, verify, only_rate, downmix)
-        for i, e in enumerate(manifest.entries)
-    ]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(_check_file, jobs, chunksize=16)
-        if progress and jobs:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc=f"{verify} check", unit="file")
-        problems = list(results)
-    dropped: Counter = Counter()
-    skipped: list[str] = []
-    keep = []
-    rates = [None if isinstance(p, tuple) else p for p in problems]
-    manifest = manifest.with_rates(rates)
-    for i, (entry, problem) in enumerate(zip(manifest.entries, problems, strict=True)):
-        problem = problem if isinstance(problem, tuple) else None
+    check = partial(
+        _check_file, verify=verify, sample_rate=sample_rate, resample=resample, downmix=downmix
+    )
+    found = _check_files(manifest, check, workers, f"{verify} check" if progress else None)
+    manifest = manifest.with_rates(
+        [f.sample_rate if isinstance(f, AudioInfo) else None for f in found]
+    )
+    triage = _Triage()
+    for i, (entry, f) in enumerate(zip(manifest.entries, found, strict=True)):
         length = entry.samples_at(sample_rate)
-        if problem is None and length < receptive_field:
-            problem = (
-                "too short",
-                (
-                    f"{length} samples at {sample_rate} Hz, shorter than the feature "
-                    f"encoder's receptive field ({receptive_field} samples)"
-                ),
-            )
-        if problem is not None:
-            kind, detail = problem
-            if on_bad_file == BadFilePolicy.error:
-                raise DataError(
-                    f"{manifest.where(i)}: {detail} (data.on_bad_file=skip skips bad files)"
-                )
-            log.warning("skipping %s: %s", manifest.where(i), detail)
-            skipped.append(f"{manifest.where(i)}: {detail}")
-            dropped[kind] += 1
-            continue
-        if length < min_sample_size:
-            dropped[f"shorter than min_sample_size={min_sample_size}"] += 1
-            continue
-        keep.append(i)
-    if not keep and len(manifest):
-        raise DataError(f"{manifest.name}: no usable entries (dropped {dict(dropped)})")
-    if dropped:
-        log.warning(
-            "%s: kept %d of %d entries; dropped %s",
-            manifest.name,
-            len(keep),
-            len(manifest),
-            dict(dropped),
+        problem = (
+            f if isinstance(f, AudioProblem) else _too_short(length, sample_rate, receptive_field)
         )
-    return manifest.select(keep), dropped, skipped
+        if problem is not None:
+            triage.bad_file(manifest.where(i), problem, on_bad_file)
+        elif length < min_sample_size:
+            triage.dropped[f"shorter than min_sample_size={min_sample_size}"] += 1
+        else:
+            triage.keep.append(i)
+    triage.summarise(manifest)
+    return manifest.select(triage.keep), triage.dropped, triage.skipped

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from w2v2_pretrain.data.audio import AudioProblem, inspect_audio
+from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, inspect_audio
 from w2v2_pretrain.errors import DataError
 
 
@@ -201,9 +201,77 @@ def find_audio(root: Path, ext: str, on_error: Callable[[str, str], None]) -> It
     return iter(sorted(found))
 
 
+@dataclass
+class _Split:
+    """The ``(relative path, frames)`` rows of each manifest."""
+
+    train: list[tuple[str, int]] = field(default_factory=list)
+    valid: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _read_headers(
+    files: list[Path], decode: bool, workers: int, progress: bool
+) -> list[AudioInfo | AudioProblem]:
+    """`inspect_audio` of every file, in parallel threads, in order."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        headers = pool.map(partial(inspect_audio, decode=decode), files, chunksize=16)
+        if progress:
+            from tqdm import tqdm
+
+            desc = "decoding" if decode else "reading headers"
+            headers = tqdm(headers, total=len(files), desc=desc, unit="file")
+        return list(headers)
+
+
+def _length_filter(seconds: float, min_seconds: float, max_seconds: float | None) -> str | None:
+    """Why a clip this long stays out of the manifests (``--min/max-seconds``), or None."""
+    if seconds < min_seconds:
+        return "shorter than --min-seconds"
+    if max_seconds is not None and seconds > max_seconds:
+        return "longer than --max-seconds"
+    return None
+
+
+def _split(
+    root: Path,
+    files: list[Path],
+    headers: list[AudioInfo | AudioProblem],
+    report: ManifestReport,
+    *,
+    valid_percent: float,
+    seed: int,
+    min_seconds: float,
+    max_seconds: float | None,
+) -> _Split:
+    """Assign each usable file to train or valid as fairseq does, counting it in ``report``
+    (with the files skipped or filtered out)."""
+    rng = random.Random(seed)
+    split = _Split()
+    for path, res in zip(files, headers, strict=True):
+        if isinstance(res, AudioProblem):
+            report.skipped.append((str(path), res.detail))
+            continue
+        seconds = res.frames / res.sample_rate
+        reason = _length_filter(seconds, min_seconds, max_seconds)
+        if reason:
+            report.filtered[reason] += 1
+            continue
+        row = (str(path.relative_to(root)), res.frames)
+        if rng.random() > valid_percent:
+            split.train.append(row)
+            report.train += 1
+            report.train_seconds += seconds
+        else:
+            split.valid.append(row)
+            report.valid += 1
+            report.valid_seconds += seconds
+    return split
+
+
 def build_manifests(
     root: str | os.PathLike,
     dest: str | os.PathLike,
+    *,
     ext: str = "flac",
     valid_percent: float = 0.01,
     seed: int = 42,
@@ -236,40 +304,18 @@ def build_manifests(
     files = list(find_audio(root, ext, lambda p, why: report.skipped.append((p, why))))
     if not files and not report.skipped:
         raise DataError(f"{root}: no *.{ext} files found")
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        headers = pool.map(partial(inspect_audio, decode=decode), files, chunksize=16)
-        if progress:
-            from tqdm import tqdm
-
-            desc = "decoding" if decode else "reading headers"
-            headers = tqdm(headers, total=len(files), desc=desc, unit="file")
-        results = list(headers)
-
-    rng = random.Random(seed)
-    train, valid = [], []
-    for path, res in zip(files, results, strict=True):
-        rel = str(path.relative_to(root))
-        if isinstance(res, AudioProblem):
-            report.skipped.append((str(path), res.detail))
-            continue
-        frames, rate = res.frames, res.sample_rate
-        seconds = frames / rate
-        if seconds < min_seconds:
-            report.filtered["shorter than --min-seconds"] += 1
-            continue
-        if max_seconds is not None and seconds > max_seconds:
-            report.filtered["longer than --max-seconds"] += 1
-            continue
-        if rng.random() > valid_percent:
-            train.append((rel, frames))
-            report.train += 1
-            report.train_seconds += seconds
-        else:
-            valid.append((rel, frames))
-            report.valid += 1
-            report.valid_seconds += seconds
+    headers = _read_headers(files, decode, workers, progress)
+    split = _split(
+        root,
+        files,
+        headers,
+        report,
+        valid_percent=valid_percent,
+        seed=seed,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+    )
     root_line = Path(os.path.relpath(root, dest.resolve())) if relative_root else root
-    write_manifest(dest / "train.tsv", root_line, train)
-    write_manifest(dest / "valid.tsv", root_line, valid)
+    write_manifest(dest / "train.tsv", root_line, split.train)
+    write_manifest(dest / "valid.tsv", root_line, split.valid)
     return report

@@ -14,6 +14,16 @@ from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Check:
+    """One rule of `Wav2Vec2Config.validate`: whether it holds, the field it is about
+    (relative to its part; empty for the part as a whole) and what the field must be."""
+
+    ok: bool
+    name: str
+    why: str
+
+
 def conv_stack(channels: int) -> list[list[int]]:
     """BASE's seven convs, [(C,10,5)] + [(C,3,2)]*4 + [(C,2,2)]*2, as fresh lists (no layer
     shares a list with another, so editing one never edits the others)."""
@@ -46,6 +56,9 @@ class InputConfig:
     """Zero mean and unit variance per utterance before the feature encoder; fairseq task
     ``normalize``. BASE False, LARGE True."""
 
+    def checks(self) -> list[Check]:
+        return [Check(self.sample_rate > 0, "sample_rate", "must be positive")]
+
 
 @dataclass(kw_only=True)
 class FeatureEncoderConfig:
@@ -69,6 +82,17 @@ class FeatureEncoderConfig:
     def __post_init__(self) -> None:
         self.mode = FeatureEncoderMode.parse(self.mode, "model.feature_encoder.mode")
 
+    def checks(self) -> list[Check]:
+        return [
+            Check(len(self.conv_layers) > 0, "conv_layers", "must not be empty"),
+            Check(
+                all(len(c) == 3 and min(c) > 0 for c in self.conv_layers),
+                "conv_layers",
+                "each layer is (channels, kernel, stride) > 0",
+            ),
+            Check(self.feature_grad_mult >= 0, "feature_grad_mult", "must be >= 0"),
+        ]
+
 
 @dataclass(kw_only=True)
 class MaskingConfig:
@@ -89,6 +113,17 @@ class MaskingConfig:
 
     channel_length: int = 10
     """Channel span length; fairseq ``mask_channel_length``."""
+
+    def checks(self) -> list[Check]:
+        return [
+            Check(
+                0 <= self.mask_prob < 1, "mask_prob", f"must be in [0, 1), got {self.mask_prob}"
+            ),
+            Check(self.mask_length >= 1, "mask_length", "must be >= 1"),
+            Check(self.min_masks >= 0, "min_masks", "must be >= 0"),
+            Check(0 <= self.channel_prob < 1, "channel_prob", "must be in [0, 1)"),
+            Check(self.channel_length >= 1, "channel_length", "must be >= 1"),
+        ]
 
 
 @dataclass(kw_only=True)
@@ -135,6 +170,27 @@ class ContextNetworkConfig:
     checkpoint_activations: bool = False
     """Recompute each block in backward to save memory; fairseq ``checkpoint_activations``."""
 
+    def checks(self) -> list[Check]:
+        return [
+            Check(self.num_layers >= 1, "num_layers", "must be >= 1"),
+            Check(
+                self.embed_dim % self.num_heads == 0,
+                "num_heads",
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}",
+            ),
+            Check(
+                self.embed_dim % self.conv_pos_groups == 0,
+                "conv_pos_groups",
+                f"embed_dim {self.embed_dim} is not divisible by {self.conv_pos_groups} groups",
+            ),
+            Check(self.conv_pos >= 1, "conv_pos", "must be >= 1"),
+            Check(0 <= self.layerdrop < 1, "layerdrop", "must be in [0, 1)"),
+            *(
+                Check(0 <= getattr(self, p) < 1, p, "must be in [0, 1)")
+                for p in ("dropout", "attention_dropout", "activation_dropout")
+            ),
+        ]
+
 
 @dataclass(kw_only=True)
 class QuantizerConfig:
@@ -154,9 +210,31 @@ class QuantizerConfig:
     """Gumbel temperature (start, floor, decay per update): max(start * decay^step, floor);
     fairseq ``latent_temp``. BASE (2, 0.5, 0.999995), LARGE (2, 0.1, 0.999995)."""
 
+    @property
+    def num_codevectors(self) -> int:
+        """G x V, the entries of all codebooks (what the diversity loss and the code
+        perplexity are measured against)."""
+        return self.num_groups * self.num_vars
+
     def temperature_at(self, step: int) -> float:
         start, floor, decay = self.temperature
         return max(start * decay**step, floor)
+
+    def checks(self) -> list[Check]:
+        t = self.temperature
+        return [
+            Check(self.num_groups >= 1 and self.num_vars >= 2, "", "needs G >= 1 and V >= 2"),
+            Check(
+                self.codevector_dim % self.num_groups == 0,
+                "codevector_dim",
+                f"{self.codevector_dim} is not divisible by num_groups {self.num_groups}",
+            ),
+            Check(
+                len(t) == 3 and t[0] >= t[1] > 0 and 0 < t[2] <= 1,
+                "temperature",
+                "must be (start, floor, decay) with start >= floor > 0 and 0 < decay <= 1",
+            ),
+        ]
 
 
 @dataclass(kw_only=True)
@@ -180,6 +258,23 @@ class ObjectiveConfig:
     feature_penalty_weight: float = 10.0
     """Weight of the L2 penalty on the encoder output; fairseq ``loss_weights[1]``. BASE 10,
     LARGE (LibriVox) 0."""
+
+    @property
+    def num_distractors(self) -> int:
+        """K, the distractors of each masked frame: from its own utterance, then from the
+        batch."""
+        return self.num_negatives + self.cross_sample_negatives
+
+    def checks(self) -> list[Check]:
+        return [
+            Check(self.num_distractors >= 1, "num_negatives", "need at least one distractor"),
+            Check(self.logit_temp > 0, "logit_temp", "must be > 0"),
+            Check(
+                self.diversity_weight >= 0 and self.feature_penalty_weight >= 0,
+                "",
+                "loss weights must be >= 0",
+            ),
+        ]
 
 
 @dataclass(kw_only=True)
@@ -263,75 +358,24 @@ class Wav2Vec2Config:
         """Build from nested plain data (a checkpoint, a Hydra node); unknown keys are errors."""
         return _build(cls, dict(data), "model")
 
+    def checks(self) -> list[Check]:
+        """The rules on the fields of the whole model (each part has its own)."""
+        return [
+            Check(self.final_dim >= 1, "final_dim", "must be >= 1"),
+            *(
+                Check(0 <= getattr(self, p) < 1, p, "must be in [0, 1)")
+                for p in ("dropout_input", "dropout_features")
+            ),
+        ]
+
     def validate(self) -> Wav2Vec2Config:
         """Check ranges and consistency; raise `ConfigError` naming the field. Returns self."""
-        fe, mk, cn, q, ob = (
-            self.feature_encoder,
-            self.masking,
-            self.context_network,
-            self.quantizer,
-            self.objective,
-        )
-        checks = [
-            (self.input.sample_rate > 0, "input.sample_rate", "must be positive"),
-            (len(fe.conv_layers) > 0, "feature_encoder.conv_layers", "must not be empty"),
-            (
-                all(len(c) == 3 and min(c) > 0 for c in fe.conv_layers),
-                "feature_encoder.conv_layers",
-                "each layer is (channels, kernel, stride) > 0",
-            ),
-            (fe.feature_grad_mult >= 0, "feature_encoder.feature_grad_mult", "must be >= 0"),
-            (0 <= mk.mask_prob < 1, "masking.mask_prob", f"must be in [0, 1), got {mk.mask_prob}"),
-            (mk.mask_length >= 1, "masking.mask_length", "must be >= 1"),
-            (mk.min_masks >= 0, "masking.min_masks", "must be >= 0"),
-            (0 <= mk.channel_prob < 1, "masking.channel_prob", "must be in [0, 1)"),
-            (mk.channel_length >= 1, "masking.channel_length", "must be >= 1"),
-            (cn.num_layers >= 1, "context_network.num_layers", "must be >= 1"),
-            (
-                cn.embed_dim % cn.num_heads == 0,
-                "context_network.num_heads",
-                f"embed_dim {cn.embed_dim} is not divisible by num_heads {cn.num_heads}",
-            ),
-            (
-                cn.embed_dim % cn.conv_pos_groups == 0,
-                "context_network.conv_pos_groups",
-                f"embed_dim {cn.embed_dim} is not divisible by {cn.conv_pos_groups} groups",
-            ),
-            (cn.conv_pos >= 1, "context_network.conv_pos", "must be >= 1"),
-            (0 <= cn.layerdrop < 1, "context_network.layerdrop", "must be in [0, 1)"),
-            (q.num_groups >= 1 and q.num_vars >= 2, "quantizer", "needs G >= 1 and V >= 2"),
-            (
-                q.codevector_dim % q.num_groups == 0,
-                "quantizer.codevector_dim",
-                f"{q.codevector_dim} is not divisible by num_groups {q.num_groups}",
-            ),
-            (
-                len(q.temperature) == 3
-                and q.temperature[0] >= q.temperature[1] > 0
-                and 0 < q.temperature[2] <= 1,
-                "quantizer.temperature",
-                "must be (start, floor, decay) with start >= floor > 0 and 0 < decay <= 1",
-            ),
-            (
-                ob.num_negatives + ob.cross_sample_negatives >= 1,
-                "objective.num_negatives",
-                "need at least one distractor",
-            ),
-            (ob.logit_temp > 0, "objective.logit_temp", "must be > 0"),
-            (
-                ob.diversity_weight >= 0 and ob.feature_penalty_weight >= 0,
-                "objective",
-                "loss weights must be >= 0",
-            ),
-            (self.final_dim >= 1, "final_dim", "must be >= 1"),
-        ]
-        for p in ("dropout_input", "dropout_features"):
-            checks.append((0 <= getattr(self, p) < 1, p, "must be in [0, 1)"))
-        for p in ("dropout", "attention_dropout", "activation_dropout"):
-            checks.append((0 <= getattr(cn, p) < 1, f"context_network.{p}", "must be in [0, 1)"))
-        for ok, name, why in checks:
-            if not ok:
-                raise ConfigError(f"model.{name}: {why}")
+        parts = [(f"{name}.", getattr(self, name)) for name in _SUBCONFIGS] + [("", self)]
+        for prefix, part in parts:
+            for check in part.checks():
+                if not check.ok:
+                    name = f"{prefix}{check.name}" if check.name else prefix.rstrip(".")
+                    raise ConfigError(f"model.{name}: {check.why}")
         return self
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.noise import Noise
 from w2v2_pretrain.models.objective import sample_cross_distractors, sample_distractors
 
@@ -187,3 +188,25 @@ def draw_mask_plan(
     if cross_sample_negatives:
         parts.append(sample_cross_distractors(B, M, cross_sample_negatives, noise))
     return MaskPlan(mask, indices, torch.cat(parts, dim=2))
+
+
+def draw_masks(
+    cfg: Wav2Vec2Config, frame_lengths: torch.Tensor, num_frames: int, noise: Noise | None = None
+) -> MaskPlan:
+    """The config's span mask and distractors, drawn on the CPU: per batch by the data loader,
+    or by the model when it is given none.
+
+    Shape:
+        frame_lengths: (B,) -> see `MaskPlan`
+    """
+    mk, ob = cfg.masking, cfg.objective
+    return draw_mask_plan(
+        frame_lengths.cpu(),
+        num_frames,
+        mask_prob=mk.mask_prob,
+        mask_length=mk.mask_length,
+        min_masks=mk.min_masks,
+        num_negatives=ob.num_negatives,
+        cross_sample_negatives=ob.cross_sample_negatives,
+        noise=noise,
+    )

@@ -10,7 +10,7 @@ from torch import nn
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.context_network import ContextNetwork
 from w2v2_pretrain.models.feature_encoder import FeatureEncoder
-from w2v2_pretrain.models.masking import MaskPlan, compute_channel_mask, draw_mask_plan
+from w2v2_pretrain.models.masking import MaskPlan, compute_channel_mask, draw_masks
 from w2v2_pretrain.models.noise import Noise
 from w2v2_pretrain.models.objective import (
     Wav2Vec2Loss,
@@ -21,28 +21,6 @@ from w2v2_pretrain.models.objective import (
     gather_distractors,
 )
 from w2v2_pretrain.models.quantizer import GumbelQuantizer, QuantizerOutput
-
-
-def draw_masks(
-    cfg: Wav2Vec2Config, frame_lengths: torch.Tensor, num_frames: int, noise: Noise | None = None
-) -> MaskPlan:
-    """The config's span mask and distractors, drawn on the CPU: per batch by the data loader,
-    or by the model when it is given none.
-
-    Shape:
-        frame_lengths: (B,) -> see `MaskPlan`
-    """
-    mk, ob = cfg.masking, cfg.objective
-    return draw_mask_plan(
-        frame_lengths.cpu(),
-        num_frames,
-        mask_prob=mk.mask_prob,
-        mask_length=mk.mask_length,
-        min_masks=mk.min_masks,
-        num_negatives=ob.num_negatives,
-        cross_sample_negatives=ob.cross_sample_negatives,
-        noise=noise,
-    )
 
 
 def gather_frames(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -276,9 +254,7 @@ class Wav2Vec2Model(nn.Module):
         logits = contrastive_logits(context, targets, within, cross, ob.logit_temp, same)
         num_masked = torch.full((), B * M, dtype=torch.long, device=logits.device)
         contrastive = contrastive_loss(logits)
-        diversity = diversity_loss(
-            q.prob_perplexity, cfg.quantizer.num_groups * cfg.quantizer.num_vars
-        )
+        diversity = diversity_loss(q.prob_perplexity, cfg.quantizer.num_codevectors)
         total = (
             contrastive
             + ob.diversity_weight * diversity * num_masked

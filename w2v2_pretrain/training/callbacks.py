@@ -1,4 +1,5 @@
-"""Lightning pieces the run adds: once-per-update LR logging and crash-safe checkpoint files."""
+"""Lightning pieces the run adds: once-per-update LR logging, crash-safe checkpoint files and a
+model summary that counts the FLOPs of a training step."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, RichModelSummary
+from pytorch_lightning.utilities.model_summary import get_human_readable_count
+from typing_extensions import override
 
 from w2v2_pretrain.model_files import atomic_save
+from w2v2_pretrain.models.flops import BASE_CROP_SECONDS, training_flops_per_audio_second
 
 
 class UpdateLearningRateMonitor(LearningRateMonitor):
@@ -41,7 +45,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         atomic_save(checkpoint, Path(path))
 
+    @override  # always weights-only, whatever Lightning asks for: nothing in a file runs code
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _rich_available() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FlopsModelSummary(RichModelSummary if _rich_available() else ModelSummary):
+    """Lightning's model summary (the rich table where rich is installed, as Lightning's
+    default), with the FLOPs of a training step instead of 0.
+
+    Lightning counts a forward of ``example_input_array``, which the module has none of. This
+    counts a forward and backward of the model on one clip of ``seconds`` (default: fairseq
+    BASE's longest crop, 15.6 s; see `training_flops_per_audio_second`) and shows it per
+    audio-second on the ``model`` row and as the total.
+    """
+
+    def __init__(
+        self, max_depth: int = 1, seconds: float | None = None, **summarize_kwargs: Any
+    ) -> None:
+        super().__init__(max_depth, **summarize_kwargs)
+        self.seconds = seconds
+        self._flops = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._max_depth and trainer.is_global_zero:
+            seconds = self.seconds or BASE_CROP_SECONDS
+            self._flops = int(training_flops_per_audio_second(pl_module.cfg, seconds))
+        super().on_fit_start(trainer, pl_module)
+
+    @override  # shows the counted FLOPs in place of Lightning's total_flops (0: no example input)
+    def summarize(
+        self,
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        names = dict(summary_data)["Name"]
+        per_second = f"{get_human_readable_count(self._flops)} / audio-s"
+        flops = [per_second if name == "model" else "-" for name in names]
+        super().summarize(
+            [(col, flops if col == "FLOPs" else values) for col, values in summary_data],
+            total_parameters,
+            trainable_parameters,
+            model_size,
+            total_training_modes,
+            self._flops,
+            **summarize_kwargs,
+        )

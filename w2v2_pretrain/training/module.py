@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from typing_extensions import override
 
 from w2v2_pretrain.data.dataset import BadFilePolicy, Batch
 from w2v2_pretrain.errors import DataError, TrainingError
@@ -100,9 +101,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self.max_bad_updates = max_bad_updates
         self.on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
         self.bad_files_log = Path(bad_files_log) if bad_files_log else None
-        q = self.cfg.quantizer
         self.register_buffer(
-            "code_counts", torch.zeros(q.num_groups * q.num_vars), persistent=False
+            "code_counts", torch.zeros(self.cfg.quantizer.num_codevectors), persistent=False
         )
         self._update: torch.Tensor | None = None  # this rank's sums of the update in progress
         self._update_bad_files: tuple[str, ...] = ()  # and the files it left out
@@ -182,6 +182,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
                 with open(self.bad_files_log, "a") as f:  # one line, appended whole
                     f.write(f"update {self.global_step}\t{entry}\n")
 
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self._update is None:
             self._update = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
@@ -327,6 +328,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._note_bad_files(batch)
         out = self._forward(batch) if len(batch) else None
@@ -337,10 +339,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         metrics = self._update_metrics(sums, "val")
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val/loss", "val/accuracy"), sync_dist=False)
-        ob = self.cfg.objective
-        self.log(
-            "val/contrastive_chance", chance_loss(ob.num_negatives + ob.cross_sample_negatives)
-        )
+        self.log("val/contrastive_chance", chance_loss(self.cfg.objective.num_distractors))
 
     # -- monitoring ---------------------------------------------------------------------------
 

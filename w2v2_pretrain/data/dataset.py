@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -26,12 +25,13 @@ from w2v2_pretrain.data.audio import (
 from w2v2_pretrain.data.audio import normalize as normalize_wav
 from w2v2_pretrain.data.manifest import Manifest
 from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.feature_encoder import frame_lengths
 from w2v2_pretrain.models.masking import MaskPlan, draw_masks
 from w2v2_pretrain.models.noise import PerUtteranceNoise
 
-log = logging.getLogger(__name__)
+log = run_logger(__name__)  # every rank checks the same manifest: said once
 
 
 class CollateMode(Choice):

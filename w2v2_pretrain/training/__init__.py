@@ -1,1 +1,2 @@
-"""Lightning at the edge: the pretraining LightningModule, schedules and the train() entry."""
+"""Lightning at the edge: the LightningModule, the run's typed config, resume, checks, health,
+callbacks and schedules (``train(cfg)`` in w2v2_pretrain/train.py wires them)."""

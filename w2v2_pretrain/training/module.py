@@ -16,12 +16,14 @@ from typing_extensions import override
 
 from w2v2_pretrain.data.dataset import BadFilePolicy, Batch
 from w2v2_pretrain.errors import DataError, TrainingError
+from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
 from w2v2_pretrain.models.noise import PerUtteranceNoise
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Output
 from w2v2_pretrain.training.health import chance_loss
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # what one rank met (a bad file in its batch)
+run_log = run_logger(__name__)  # what holds on every rank alike (all-reduced): said once
 
 # What one micro-batch adds to its update's sums (one vector, so one all-reduce per update).
 _SUMS = (
@@ -265,7 +267,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
                 p.grad = None
         streak = int(self._streak)
         if streak:
-            log.warning(
+            run_log.warning(
                 "update %d skipped: non-finite loss or gradients, or no usable audio "
                 "(%d in a row)",
                 self.global_step,

@@ -7,16 +7,16 @@ progress fix (training/module.py), the sampler's mid-epoch position (data/sample
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from w2v2_pretrain.checkpoint import config_differences
 from w2v2_pretrain.errors import ConfigError, DataError
+from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.model_files import check_weights_fit, load_file, read_ours
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.training.config import RunConfig
 
-log = logging.getLogger(__name__)
+log = run_logger(__name__)  # every rank resumes: said once
 
 
 def _newest(paths: list[Path]) -> Path | None:

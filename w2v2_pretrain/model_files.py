@@ -14,7 +14,6 @@ readers (`w2v2_pretrain.interop`) and the dispatcher (`w2v2_pretrain.checkpoint`
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
 
@@ -32,23 +32,8 @@ STATE_FORMAT = "w2v2-pretrain/model-state/1"
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file in the same folder, flushed to disk, then renamed
     over ``path``: whatever kills the process, ``path`` is the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself reaches the disk
-    finally:
-        os.close(fd)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 # -- what loading allows ------------------------------------------------------------------

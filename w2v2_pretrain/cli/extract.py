@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.errors import DataError
 
@@ -19,10 +19,8 @@ if TYPE_CHECKING:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # a killed extraction never leaves half a file
+        np.save(f, array)
 
 
 def _parser() -> argparse.ArgumentParser:

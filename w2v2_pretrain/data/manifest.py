@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, inspect_audio
 from w2v2_pretrain.errors import DataError
 
@@ -158,13 +159,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> None:
-    """Write atomically (temp file + rename): an interrupted run never leaves half a manifest."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    """Write atomically: an interrupted run never leaves half a manifest."""
+    with atomic_open(path, "w") as f:
         print(root, file=f)
         for rel, num in entries:
             print(f"{rel}\t{num}", file=f)
-    tmp.replace(path)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from w2v2_pretrain.atomic import unfinished
 from w2v2_pretrain.checkpoint import config_differences
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.logs import run_logger
@@ -38,7 +39,7 @@ def find_resume_checkpoint(run: RunConfig) -> str | None:
     if not run.resume:
         return None
     folder, checkpoints = Path(run.paths["output_dir"]), Path(run.paths["checkpoint_dir"])
-    for stale in checkpoints.glob(".*.ckpt.*.tmp"):
+    for stale in unfinished(checkpoints, "*.ckpt"):
         stale.unlink(missing_ok=True)  # a save that a killed process never finished
     newest = _newest([checkpoints / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")])
     if newest is not None:

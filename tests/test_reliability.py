@@ -386,9 +386,10 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
         ),
         (["data.collate=pad"], "error: data.collate=pad with model.feature_encoder.mode="),
         (["data.collate=trim"], "error: data.collate: expected one of 'crop', 'pad', got 'trim'"),
-        (  # typed by the structured config: Hydra itself names the key and the choices
+        (  # refused at composition (the node is typed), reported as every bad setting is
             ["model.feature_encoder.mode=batch_norm"],
-            "Invalid value 'batch_norm', expected one of [group_norm, layer_norm]",
+            "error: model.feature_encoder.mode: expected one of 'group_norm', 'layer_norm', got "
+            "'batch_norm'",
         ),
         (["ckpt_path=/nowhere.ckpt", "resume=true"], "error: ckpt_path and resume=true both"),
         (["data.audio_per_update=-3h"], "error: data.audio_per_update: must be positive"),

@@ -91,7 +91,8 @@ def composition_error(e: HydraException) -> str:
     if m := re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg):
         return f"{key}: expected {_KINDS.get(m[2], m[2])}, got {m[1]!r}"
     if m := re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg):
-        return f"{key}: expected one of {m[2]}, got {m[1]!r}"
+        names = ", ".join(repr(name.strip()) for name in m[2].split(","))
+        return f"{key}: expected one of {names}, got {m[1]!r}"  # as Choice.parse says it
     if re.match(r"Key '.*' (is )?not in", msg):
         schema = getattr(cause, "object_type", None)
         if schema is None or not dataclasses.is_dataclass(schema):

@@ -127,7 +127,7 @@ def test_everything_logged_once_per_update_under_accumulation(tmp_path):
     assert [e.step for e in ea.Images("train/codebook_usage")] == [2, 4]
 
 
-def test_audio_per_update_derives_accumulation(tmp_path):
+def test_audio_per_update_derives_accumulation(tmp_path, caplog):
     """The paper's 5600 s per update holds on 1, 8 or 64 devices; a conflicting explicit
     accumulation is refused."""
     base = [
@@ -142,9 +142,11 @@ def test_audio_per_update_derives_accumulation(tmp_path):
         )
         if devices > 1:
             cfg.trainer.strategy = "ddp"
-        _, module, trainer = build(cfg)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="w2v2_pretrain.train"):
+            _, _, trainer = build(cfg)
         assert trainer.accumulate_grad_batches == expected, (devices, nodes)
-        assert "= up to 1.56 h (5,600 s); asked for 1.56 h" in module.audio_per_update_line
+        assert "= up to 1.56 h (5,600 s); asked for 1.56 h" in caplog.text
     cfg = compose_cfg([*base, "trainer.devices=1", "trainer.accumulate_grad_batches=8"], tmp_path)
     with pytest.raises(ConfigError, match="accumulate_grad_batches=8 and data.audio_per_update"):
         build(cfg)

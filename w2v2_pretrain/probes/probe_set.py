@@ -132,6 +132,7 @@ def build_probe_set(
     rng = random.Random(seed)
     cache: dict[Path, dict[str, str]] = {}
     picked: list[tuple[str, int, Manifest, list[str] | None]] = []
+    seen: set[Path] = set()  # a file listed in both manifests is taken once
     budget = max_seconds * 16_000
     for split in SPLITS:
         path = manifest_dir / f"{split}.tsv"
@@ -143,8 +144,9 @@ def build_probe_set(
         words = _wrd(manifest_dir, split, manifest)
         for i in order:
             n = manifest.entries[i].num_samples
-            if budget - n < 0 and picked:
+            if (budget - n < 0 and picked) or manifest.audio_path(i) in seen:
                 continue
+            seen.add(manifest.audio_path(i))
             budget -= n
             picked.append((split, i, manifest, words))
     if not picked:

@@ -54,18 +54,19 @@ def test_edit_distance_and_cer():
 
 
 def test_ctc_probe_reads_perfect_features_and_not_noise():
-    fit_texts, test_texts = _sentences(40, 0), _sentences(12, 1)
+    fit_texts, test_texts = _sentences(24, 0), _sentences(10, 1)
+    budget = M.LinearBudget(steps=40)  # the probe config's
     chars = "".join(sorted({c for t in fit_texts + test_texts for c in t}))
     g = torch.Generator().manual_seed(0)
     fit = [_char_frames(t, chars, 0.05, g) for t in fit_texts]
     test = [_char_frames(t, chars, 0.05, g) for t in test_texts]
-    good = M.ctc_probe(fit, fit_texts, test, test_texts)
+    good = M.ctc_probe(fit, fit_texts, test, test_texts, budget)
     assert good.cer < 0.02, good.hypotheses[:2]
     noise_fit = [torch.randn(f.shape, generator=g) for f in fit]
     noise_test = [torch.randn(f.shape, generator=g) for f in test]
-    bad = M.ctc_probe(noise_fit, fit_texts, noise_test, test_texts)
+    bad = M.ctc_probe(noise_fit, fit_texts, noise_test, test_texts, budget)
     assert bad.cer > 0.6
-    again = M.ctc_probe(fit, fit_texts, test, test_texts)
+    again = M.ctc_probe(fit, fit_texts, test, test_texts, budget)
     assert again == good  # deterministic
 
 

@@ -30,6 +30,7 @@ from w2v2_pretrain.training.config import RunConfig
 from w2v2_pretrain.training.health import RunHealth, RunHealthMonitor, chance_loss
 from w2v2_pretrain.training.init_from import fields_set_by_run, model_for_init
 from w2v2_pretrain.training.module import Wav2Vec2Pretraining
+from w2v2_pretrain.training.probe_callback import probe_summary_lines
 from w2v2_pretrain.training.quiet import quiet_lightning
 from w2v2_pretrain.training.resume import check_resume_checkpoint, find_resume_checkpoint
 from w2v2_pretrain.training.schedules import warmup_updates
@@ -53,6 +54,8 @@ class TrainResult:
     """Run-health warnings raised during the run."""
     stopped_by: str | None = None
     """``SIGTERM`` when a scheduler stopped the run (a checkpoint was written)."""
+    probe_lines: list[str] = field(default_factory=list)
+    """The latest probe round's summary lines (empty when probes are off)."""
 
 
 def typed(cfg: DictConfig) -> RunConfig:
@@ -237,4 +240,5 @@ def _result(
         chance=chance_loss(module.cfg.objective.num_distractors),
         warnings=[w.message for w in monitor.warnings],
         stopped_by=stopped_by,
+        probe_lines=probe_summary_lines(trainer.callbacks),
     )

@@ -59,6 +59,8 @@ def summary(result: TrainResult) -> str:
             f"{result.chance - contrastive:+.3f} below it. In bits, as fairseq logs: "
             f"{contrastive / math.log(2):.3f} (chance {result.chance / math.log(2):.3f})"
         )
+    for line in result.probe_lines:  # the latest probe round, if any ran
+        lines.append(f"  probes:       {line}")
     for w in result.warnings:
         lines.append(f"  warning:      {w}")
     lines.append(

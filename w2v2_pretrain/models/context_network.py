@@ -213,3 +213,33 @@ class ContextNetwork(nn.Module):
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
         return x
+
+    def hidden_states(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Every block's view of unmasked features, in one pass (for probing layers).
+
+        Element 0 is the blocks' input (after the positional conv, and for post-LN its
+        LayerNorm); element i the output of block i, the last one with pre-LN's final
+        LayerNorm: transformers' ``output_hidden_states``. Element i equals ``forward(x,
+        padding_mask, num_layers=i)`` for i >= 1. No LayerDrop: every block runs.
+
+        Shape:
+            x: (B, T, D), padding_mask: (B, T) -> num_layers + 1 tensors of (B, T, D), padded
+            frames zeroed.
+        """
+        keep = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+            keep = ~padding_mask[:, None, None, :]
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        states = [self.dropout(x)]
+        for block in self.layers:
+            states.append(block(states[-1], keep))
+        if self.layer_norm_first:
+            states[-1] = self.layer_norm(states[-1])
+        if padding_mask is not None:
+            states = [s.masked_fill(padding_mask[..., None], 0.0) for s in states]
+        return states

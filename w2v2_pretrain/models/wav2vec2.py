@@ -63,6 +63,20 @@ class Features:
 
 
 @dataclass
+class LayerFeatures:
+    """Every layer's representations of unmasked audio (for probes): layer 0 is the
+    Transformer's input, layer i the output of block i.
+
+    Shape:
+        hidden: (num_layers + 1, B, T, D) padded frames zeroed.
+        frame_lengths: (B,) valid frames per row.
+    """
+
+    hidden: torch.Tensor
+    frame_lengths: torch.Tensor
+
+
+@dataclass
 class Contextualised:
     """The context network's view of the masked input.
 
@@ -296,6 +310,19 @@ class Wav2Vec2Model(nn.Module):
         x = self.post_extract_proj(encoded.features)
         hidden = self.context_network(x, encoded.padding, num_layers)
         return Features(hidden, encoded.frame_lengths)
+
+    def layer_features(
+        self, source: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> LayerFeatures:
+        """Every layer's representations of unmasked audio, in one pass.
+
+        Shape:
+            source: (B, L), lengths: (B,) -> hidden (num_layers + 1, B, T, D)
+        """
+        encoded = self.encode(source, lengths)
+        x = self.post_extract_proj(encoded.features)
+        states = self.context_network.hidden_states(x, encoded.padding)
+        return LayerFeatures(torch.stack(states), encoded.frame_lengths)
 
     def forward(
         self,

@@ -14,7 +14,21 @@ from typing import Any
 from w2v2_pretrain.checkpoint import InitTemperature
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.models.config import Wav2Vec2Config
+from w2v2_pretrain.probes.run import ProbeConfig
 from w2v2_pretrain.training.health import HealthConfig
+
+
+@dataclass(kw_only=True)
+class ProbeSettings(ProbeConfig):
+    """The ``probe`` node: when rounds run (training/probe_callback.py) and what they probe."""
+
+    every_n_updates: int = 0
+    """Updates between probe rounds (0: off)."""
+    at_start: bool = True
+    """Also a round at update 0 (the initialisation)."""
+    manifest_dir: Any = None
+    """The probe set's manifest folder (valid.tsv first, then a slice of train.tsv); None: the
+    run's first."""
 
 
 @dataclass(kw_only=True)
@@ -24,6 +38,7 @@ class RunConfig:
     model: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
     data: DataConfig = field(default_factory=DataConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     optim: Any = None
     """``optimizer`` and ``scheduler``: partial callables (Hydra ``_partial_``)."""
     trainer: Any = None

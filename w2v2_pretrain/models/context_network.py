@@ -174,6 +174,24 @@ class ContextNetwork(nn.Module):
                     nn.init.normal_(m.weight, mean=0.0, std=0.02)
                     nn.init.zeros_(m.bias)
 
+    def _block_input(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Padded frames zeroed, relative positions added, post-LN's LayerNorm, dropout; and the
+        attention's keep mask (True at frames a query may attend to), or None.
+
+        Shape:
+            x: (B, T, D), padding_mask: (B, T) -> (B, T, D), (B, 1, 1, T)
+        """
+        keep = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+            keep = ~padding_mask[:, None, None, :]
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        return self.dropout(x), keep
+
     def forward(
         self,
         x: torch.Tensor,
@@ -191,14 +209,7 @@ class ContextNetwork(nn.Module):
         Shape:
             x: (B, T, D), padding_mask: (B, T) -> (B, T, D), padded frames zeroed.
         """
-        keep = None
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask[..., None], 0.0)
-            keep = ~padding_mask[:, None, None, :]
-        x = x + self.pos_conv(x)
-        if not self.layer_norm_first:
-            x = self.layer_norm(x)
-        x = self.dropout(x)
+        x, keep = self._block_input(x, padding_mask)
         depth = len(self.layers) if num_layers is None else num_layers
         drop = torch.rand(depth) < self.layerdrop if self.training and self.layerdrop else None
         for i, block in enumerate(self.layers[:depth]):
@@ -228,14 +239,8 @@ class ContextNetwork(nn.Module):
             x: (B, T, D), padding_mask: (B, T) -> num_layers + 1 tensors of (B, T, D), padded
             frames zeroed.
         """
-        keep = None
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask[..., None], 0.0)
-            keep = ~padding_mask[:, None, None, :]
-        x = x + self.pos_conv(x)
-        if not self.layer_norm_first:
-            x = self.layer_norm(x)
-        states = [self.dropout(x)]
+        x, keep = self._block_input(x, padding_mask)
+        states = [x]
         for block in self.layers:
             states.append(block(states[-1], keep))
         if self.layer_norm_first:

@@ -242,3 +242,28 @@ def test_demo_corpus_meets_its_spec():
         spk, ch = chapter.relative_to(demo).parts
         trans = (chapter / f"{spk}-{ch}.trans.txt").read_text().splitlines()
         assert {t.split()[0] for t in trans} == {p.stem for p in chapter.glob("*.flac")}
+
+
+def test_manifest_parsed_in_chunks_equals_line_by_line(tmp_path, monkeypatch):
+    """The vectorised parse, over chunk boundaries, reads what a line-by-line reading does:
+    a byte-order mark, CRLF and LF line ends, blank lines, ``./`` spellings, non-ASCII names,
+    and a repeat spelled differently is still found."""
+    import w2v2_pretrain.data.index as index
+
+    (tmp_path / "a").mkdir()
+    rows = [(f"a/{i:04d}-ü.flac" if i % 7 else f"./a/{i}.flac", 1000 + i) for i in range(300)]
+    text = "".join(f"{p}\t{n}\r\n" if i % 3 else f"{p}\t{n}\n\n" for i, (p, n) in enumerate(rows))
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{tmp_path}\r\n{text}".encode())
+    monkeypatch.setattr(index, "_CHUNK", 97)  # many chunks, boundaries inside lines
+    m = read_manifest(path)
+    assert m.root == tmp_path.resolve() and len(m) == 300
+    assert [(e.path, e.num_samples) for e in m.entries] == rows
+    lines = [n for n, line in enumerate(f"{tmp_path}\n{text}".splitlines(), 1) if line]
+    assert m.lines.tolist() == lines[1:]
+    path.write_text(f"{tmp_path}\n{text}a/0003-ü.flac\t5\n")
+    with pytest.raises(DataError, match=r"'a/0003-ü.flac' is listed again \(first at line 6\)"):
+        read_manifest(path)
+    path.write_text(f"{tmp_path}\n{text}a//0.flac\t5\n")
+    with pytest.raises(DataError, match=r"'a//0.flac' is listed again \(first at line 2\)"):
+        read_manifest(path)

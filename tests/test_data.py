@@ -11,7 +11,13 @@ from helpers import write_tone
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.data.dataset import AudioDataset, BadFile, Collator, check_manifest
+from w2v2_pretrain.data.dataset import (
+    AudioDataset,
+    BadFile,
+    Collator,
+    check_manifest,
+    crop_start,
+)
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
@@ -443,3 +449,30 @@ def test_several_corpora_in_one_run(tmp_path):
     assert all(len({corpora[int(i)] for i in b.ids}) == 1 for b in batches)
     # each file is read from its own corpus's root
     assert ds.manifest.audio_path(len(ds) - 1).parent == b.root
+
+
+@pytest.mark.parametrize(
+    "rate, fmt", [(16_000, "flac"), (22_050, "flac"), (8_000, "wav"), (44_100, "flac")]
+)
+def test_windowed_read_equals_crop_of_full_decode(tmp_path, rate, fmt):
+    """A random crop decodes only its window, and gets the samples the full decode (resampled
+    if the file's rate is another) has there: at the start, the end and inside, stereo too.
+    At the file's own rate bit for bit; resampled, to float32 rounding (the convolution runs
+    over another length, so its sums are ordered differently)."""
+    path = tmp_path / f"a.{fmt}"
+    write_tone(path, 3.0, rate=rate, channels=2, seed=3)
+    full = read_audio(path, 16_000)
+    crop = 8_000
+    atol = 0 if rate == 16_000 else 2e-6
+    for start in (0, 1, 319, 12_345, len(full) - crop - 1, len(full) - crop):
+        window = read_audio(path, 16_000, crop=crop, start_of=lambda _, s=start: s)
+        assert window.shape == (crop,)
+        np.testing.assert_allclose(window, full[start : start + crop], rtol=0, atol=atol)
+    # through the dataset: the same crops as the full decode then cropped
+    m = manifest_of(tmp_path / "m", {"x.flac": 3.0}, rate=rate)
+    ds = AudioDataset(m, max_sample_size=crop, seed=5)
+    whole = read_audio(m.audio_path(0), 16_000)
+    for epoch in range(3):
+        u = ds[(0, epoch)]
+        start = crop_start(len(whole), crop, u.seed)
+        np.testing.assert_allclose(u.wav, whole[start : start + crop], rtol=0, atol=atol)

@@ -138,7 +138,7 @@ class MaskPlanner:
 
 
 class AudioDataset(Dataset):
-    """Raw audio from a manifest, cropped to ``max_sample_size``.
+    """Raw audio from a manifest, cropped to ``max_sample_size`` (only the window is decoded).
 
     Items are addressed by ``(index, epoch)`` (what `BucketBatchSampler` yields) or a plain
     index (epoch 0), so random crops depend only on (seed, epoch, index): identical on every
@@ -192,6 +192,8 @@ class AudioDataset(Dataset):
         and masks)."""
         index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
         where = self.manifest.where(index)
+        seed = (self.seed, epoch, index) + ((copy,) if copy else ())
+        crop = self.max_sample_size or None
         try:
             wav = read_audio(
                 self.manifest.audio_path(index),
@@ -200,21 +202,17 @@ class AudioDataset(Dataset):
                 downmix=self.downmix,
                 expected_samples=int(self.manifest.num_samples[index]),
                 where=where,
+                crop=crop,
+                start_of=lambda length: crop_start(
+                    length, crop, seed if self.train else None, self.crop_alignment
+                ),
             )
         except DataError as e:
             return BadFile(index, where, str(e).removeprefix(f"{where}: "))
-        problem = sample_problem(wav)
+        # a window of a longer file may be quiet; only a whole file of zeros is a bad file
+        problem = sample_problem(wav, allow_silence=len(wav) == crop)
         if problem:
             return BadFile(index, where, problem.detail)
-        seed = (self.seed, epoch, index) + ((copy,) if copy else ())
-        if self.max_sample_size and len(wav) > self.max_sample_size:
-            start = crop_start(
-                len(wav),
-                self.max_sample_size,
-                seed if self.train else None,
-                self.crop_alignment,
-            )
-            wav = wav[start : start + self.max_sample_size]
         if self.normalize:
             wav = normalize_wav(wav)
         return Utterance(index, wav, seed)

@@ -198,7 +198,6 @@ def test_relative_root_resolves_against_manifest_folder(tmp_path):
             "{root}\na.flac\t10\nb.flac\t10\n./a.flac\t10\n",
             ":4: './a.flac' is listed again (first at line 2)",
         ),
-        ("{root}\n../../etc/passwd\t10\n", ":2: path '../../etc/passwd' escapes the root"),
         ("{root}/missing_dir\na.flac\t10\n", ":1: root "),
         ("", ":1: first line must be the audio root directory"),
     ],
@@ -267,3 +266,35 @@ def test_manifest_parsed_in_chunks_equals_line_by_line(tmp_path, monkeypatch):
     path.write_text(f"{tmp_path}\n{text}a//0.flac\t5\n")
     with pytest.raises(DataError, match=r"'a//0.flac' is listed again \(first at line 2\)"):
         read_manifest(path)
+
+
+def test_linked_sub_folder_and_fairseq_dotdot_lines_load(tmp_path):
+    """A corpus assembled from links: a sub-folder and a file of the root that are symbolic
+    links to another disk are inside the root (the check is lexical, links are not resolved),
+    and the ``../`` lines fairseq writes for them (relpath of the real path) load too. A line
+    naming no audio file is a bad file named with its line, not a crash or a silent read."""
+    from w2v2_pretrain.data.verify import check_manifest
+
+    elsewhere = tmp_path / "disk2" / "spk"
+    n = len(write_tone(elsewhere / "a.flac", 0.5))
+    write_tone(tmp_path / "disk2" / "b.flac", 0.5, seed=1)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "spk").symlink_to(elsewhere, target_is_directory=True)
+    (root / "b.flac").symlink_to(tmp_path / "disk2" / "b.flac")
+    ours = tmp_path / "ours.tsv"
+    ours.write_text(f"{root}\nspk/a.flac\t{n}\nb.flac\t{n}\n")
+    m = read_manifest(ours)
+    assert not m.outside.any() and len(check_manifest(m, 0, 400)[0]) == 2
+    fairseq = tmp_path / "fairseq.tsv"  # what wav2vec_manifest.py writes for the same tree
+    lines = [os.path.relpath(os.path.realpath(root / p), root) for p in ("spk/a.flac", "b.flac")]
+    fairseq.write_text(
+        f"{root}\n" + "".join(f"{p}\t{n}\n" for p in lines) + "../../etc/passwd\t10\n"
+    )
+    m = read_manifest(fairseq)
+    assert lines[0].startswith("../") and m.outside.tolist() == [True, True, True]
+    kept, dropped, skipped = check_manifest(m, 0, 400, on_bad_file="skip")
+    assert len(kept) == 2 and len(skipped) == 1
+    assert skipped[0].startswith(f"{fairseq}:4 ({root}/../../etc/passwd): ")
+    with pytest.raises(DataError, match=r"fairseq.tsv:4 \(.*etc/passwd\): "):
+        check_manifest(m, 0, 400)

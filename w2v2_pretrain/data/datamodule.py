@@ -73,8 +73,16 @@ class AudioDataModule(pl.LightningDataModule):
         for folder in self.manifest_dirs:
             if not folder.is_dir():
                 raise DataError(f"data.manifest_dir: {folder} is not a directory")
+            manifest = read_manifest(folder / f"{split}.tsv")
+            if manifest.outside.any():
+                log.info(
+                    "%s: %d lines lead out of the root (fairseq's ../ lines for linked "
+                    "folders): read as fairseq reads them",
+                    manifest.source,
+                    int(manifest.outside.sum()),
+                )
             part, part_dropped, part_skipped = check_manifest(
-                read_manifest(folder / f"{split}.tsv"),
+                manifest,
                 self.cfg.min_sample_size,
                 self.receptive_field,
                 verify=self.cfg.verify,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -476,3 +478,79 @@ def test_windowed_read_equals_crop_of_full_decode(tmp_path, rate, fmt):
         u = ds[(0, epoch)]
         start = crop_start(len(whole), crop, u.seed)
         np.testing.assert_allclose(u.wav, whole[start : start + crop], rtol=0, atol=atol)
+
+
+def test_verify_record_is_reused_and_notices_replaced_or_truncated_files(tmp_path):
+    """The first set-up's header scan is recorded beside the manifest; the next set-up reads
+    it instead of scanning, and a file replaced or truncated since is checked again."""
+    from w2v2_pretrain.data import verify
+
+    m = manifest_of(tmp_path, {f"{i}.flac": 1.0 for i in range(4)})
+    (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
+    cfg = DataConfig(manifest_dir=str(tmp_path), min_sample_size=0, max_sample_size=16_000)
+    checked = []
+    real = verify._check_file
+
+    def counting(path, level):
+        checked.append(path)
+        return real(path, level)
+
+    verify._check_file = counting
+    try:
+        AudioDataModule(cfg).setup("fit")
+        assert len(checked) == 8 and verify.record_path(m.source).is_file()
+        checked.clear()
+        AudioDataModule(cfg).setup("fit")  # a second start: no scan
+        assert checked == []
+        write_tone(m.root / "1.flac", 0.5, seed=9)  # replaced by a shorter file
+        raw = (m.root / "2.flac").read_bytes()
+        (m.root / "2.flac").write_bytes(raw[:20])  # truncated
+        cfg.on_bad_file = "skip"
+        dm = AudioDataModule(cfg)
+        dm.setup("fit")
+        assert sorted(Path(p).name for p in checked) == ["1.flac", "1.flac", "2.flac", "2.flac"]
+        assert len(dm.datasets["train"]) == 2 and dm.dropped["train"] == {
+            "wrong length": 1,
+            "unreadable": 1,
+        }
+    finally:
+        verify._check_file = real
+
+
+def _ddp_setup(rank: int, world: int, folder: str, port: int, out: str) -> None:
+    """One DDP rank: set the data up, and write how many files this rank checked."""
+    import torch.distributed as dist
+
+    from w2v2_pretrain.data import verify
+
+    checked = []
+    real = verify._check_file
+    verify._check_file = lambda path, level: checked.append(path) or real(path, level)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        cfg = DataConfig(manifest_dir=folder, min_sample_size=0, max_sample_size=16_000)
+        dm = AudioDataModule(cfg)
+        dm.setup("fit")
+        Path(out, f"rank{rank}").write_text(f"{len(checked)} {len(dm.datasets['train'])}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_scan_the_corpus_once(tmp_path):
+    """Under DDP rank 0 scans and records; the other ranks wait and read its record."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    manifest_of(tmp_path, {f"{i}.flac": 1.0 for i in range(6)})
+    (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        _ddp_setup, args=(2, str(tmp_path), port, str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    assert (tmp_path / "rank0").read_text() == "12 6"  # train and valid, once
+    assert (tmp_path / "rank1").read_text() == "0 6"

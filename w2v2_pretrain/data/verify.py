@@ -9,13 +9,16 @@ at once, and only the entries that fail are turned into messages.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, format_problem, inspect_audio
 from w2v2_pretrain.data.index import Manifest
@@ -72,6 +75,10 @@ class Scan:
     sample_rates: np.ndarray
     channels: np.ndarray
     problems: dict[int, AudioProblem] = field(default_factory=dict)
+    file_sizes: np.ndarray | None = None
+    """(N,) each file's size in bytes when it was checked (-1: missing)."""
+    file_mtimes: np.ndarray | None = None
+    """(N,) each file's modification time (ns) when it was checked."""
 
     @classmethod
     def empty(cls, level: VerifyLevel, n: int) -> Scan:
@@ -80,6 +87,8 @@ class Scan:
             np.full(n, -1, dtype=np.int64),
             np.zeros(n, dtype=np.int32),
             np.zeros(n, dtype=np.int16),
+            file_sizes=np.full(n, -1, dtype=np.int64),
+            file_mtimes=np.zeros(n, dtype=np.int64),
         )
 
 
@@ -94,23 +103,51 @@ def _check_file(path: str, verify: VerifyLevel) -> AudioInfo | AudioProblem | No
     return inspect_audio(path, decode=verify == VerifyLevel.decode)
 
 
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
+
+
+def stat_files(manifest: Manifest, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) size and (N,) modification time (ns) of every entry's file (-1, 0: missing)."""
+    n = len(manifest)
+    sizes, mtimes = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+
+    def run(lo: int) -> None:
+        for i in range(lo, min(lo + 4 * _SCAN_CHUNK, n)):
+            sizes[i], mtimes[i] = _stat(str(manifest.audio_path(i)))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(run, range(0, n, 4 * _SCAN_CHUNK)))
+    return sizes, mtimes
+
+
 def scan_files(
     manifest: Manifest,
     verify: VerifyLevel,
     workers: int = 8,
     progress: str | None = None,
     indices: np.ndarray | None = None,
+    base: Scan | None = None,
 ) -> Scan:
     """Check the files of ``indices`` (default: every entry) in parallel threads, a chunk of
-    entries per task; with a progress bar (and its ETA) titled ``progress``."""
+    entries per task; with a progress bar (and its ETA) titled ``progress``. With ``base``,
+    its entries at ``indices`` are checked again (in place)."""
     n = len(manifest)
-    scan = Scan.empty(verify, n)
+    scan = Scan.empty(verify, n) if base is None else base
     todo = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
     chunks = [todo[i : i + _SCAN_CHUNK] for i in range(0, len(todo), _SCAN_CHUNK)]
 
     def run(chunk: np.ndarray) -> int:
         for i in chunk.tolist():
-            found = _check_file(str(manifest.audio_path(i)), verify)
+            path = str(manifest.audio_path(i))
+            scan.file_sizes[i], scan.file_mtimes[i] = _stat(path)
+            found = _check_file(path, verify)
+            scan.problems.pop(i, None)
+            scan.frames[i], scan.sample_rates[i], scan.channels[i] = -1, 0, 0
             if isinstance(found, AudioProblem):
                 scan.problems[i] = found
             elif found is not None:
@@ -240,3 +277,113 @@ def check_manifest(
     kept = np.flatnonzero(keep)
     triage.summarise(manifest, len(kept))
     return manifest.select(kept), triage.dropped, triage.skipped
+
+
+# --- the verify record -----------------------------------------------------------------------
+
+RECORD_VERSION = 1
+
+
+def record_path(source: Path) -> Path:
+    """Where the verify record of manifest ``source`` is kept: beside it."""
+    return source.with_name(source.name + ".verified.npz")
+
+
+def _manifest_key(source: Path) -> np.ndarray:
+    st = source.stat()
+    return np.array([RECORD_VERSION, st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def save_record(source: Path, scan: Scan, folder: Path | None = None) -> Path | None:
+    """Write the scan of manifest ``source`` beside it (or, where that folder cannot be
+    written, into ``folder``); the path written, or None."""
+    problems = sorted(scan.problems.items())
+    arrays = {
+        "key": _manifest_key(source),
+        "level": np.array([scan.level.rank]),
+        "frames": scan.frames,
+        "sample_rates": scan.sample_rates,
+        "channels": scan.channels,
+        "file_sizes": scan.file_sizes,
+        "file_mtimes": scan.file_mtimes,
+        "problem_index": np.array([i for i, _ in problems], dtype=np.int64),
+        "problem_json": np.array(json.dumps([[p.kind, p.detail] for _, p in problems])),
+    }
+    for target in (record_path(source), folder and folder / record_path(source).name):
+        if target is None:
+            continue
+        try:
+            with atomic_open(target, "wb") as f:
+                np.savez(f, **arrays)
+            return target
+        except OSError as e:
+            log.warning("cannot write the verify record %s (%s)", target, e.strerror or e)
+    return None
+
+
+def load_record(
+    source: Path, level: VerifyLevel, n: int, folder: Path | None = None
+) -> Scan | None:
+    """The recorded scan of manifest ``source`` if it answers ``level`` and the manifest is
+    unchanged since (its size and modification time); else None."""
+    for target in (record_path(source), folder and folder / record_path(source).name):
+        if target is None or not target.is_file():
+            continue
+        try:
+            with np.load(target) as z:
+                if not np.array_equal(z["key"], _manifest_key(source)):
+                    continue
+                if int(z["level"][0]) < level.rank or len(z["frames"]) != n:
+                    continue
+                kinds = json.loads(str(z["problem_json"]))
+                problems = {
+                    int(i): AudioProblem(k, d)
+                    for i, (k, d) in zip(z["problem_index"], kinds, strict=True)
+                }
+                names = ("frames", "sample_rates", "channels")
+                return Scan(
+                    VerifyLevel(("none", "header", "decode")[int(z["level"][0])]),
+                    *(z[name].copy() for name in names),
+                    problems=problems,
+                    file_sizes=z["file_sizes"].copy(),
+                    file_mtimes=z["file_mtimes"].copy(),
+                )
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring the unreadable verify record %s (%s)", target, e)
+    return None
+
+
+def verified_scan(
+    manifest: Manifest,
+    level: VerifyLevel,
+    workers: int = 8,
+    progress: bool = True,
+    folder: Path | None = None,
+    write: bool = True,
+) -> Scan:
+    """The scan of a one-corpus ``manifest`` at ``level``: from its record when there is one
+    (files whose size or modification time changed since are checked again, and the record
+    updated), else scanned now and recorded (with ``write``). ``folder``: where to keep the
+    record when the manifest's folder is read-only (the run folder)."""
+    source = manifest.source
+    scan = load_record(source, level, len(manifest), folder)
+    if scan is not None:
+        sizes, mtimes = stat_files(manifest, workers)
+        changed = np.flatnonzero((sizes != scan.file_sizes) | (mtimes != scan.file_mtimes))
+        if not len(changed):
+            log.info(
+                "%s: verified before (%s), %d files unchanged", source, scan.level, len(manifest)
+            )
+            return scan
+        log.info(
+            "%s: %d files changed since they were verified: checking them again",
+            source,
+            len(changed),
+        )
+        scan = scan_files(manifest, scan.level, workers, None, indices=changed, base=scan)
+    else:
+        title = f"{level} check of {source.name}" if progress else None
+        scan = scan_files(manifest, level, workers, title)
+    if write:
+        save_record(source, scan, folder)
+    return scan

@@ -44,9 +44,10 @@ format: install ## apply ruff's formatting and safe fixes
 tensorboard: install ## serve TensorBoard for every run under outputs/ (LOGDIR=DIR for another)
 	$(BIN)/tensorboard --logdir $(LOGDIR) --bind_all
 
-bench: install ## training-step speed against transformers (tiny and BASE), and the data path
+bench: install ## step speed against transformers (tiny, BASE); data set-up cost and crop rate
 	$(BIN)/python scripts/benchmark.py --preset tiny --batch 2 --seconds 5 --steps 7
 	$(BIN)/python scripts/benchmark.py --preset base --batch 2 --seconds 5
+	$(BIN)/python scripts/benchmark_data.py
 
 clean: ## remove the venv, run outputs and caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,7 +13,13 @@ from helpers import write_tone
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.data.dataset import AudioDataset, BadFile, Collator, check_manifest
+from w2v2_pretrain.data.dataset import (
+    AudioDataset,
+    BadFile,
+    Collator,
+    check_manifest,
+    crop_start,
+)
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
@@ -443,3 +451,106 @@ def test_several_corpora_in_one_run(tmp_path):
     assert all(len({corpora[int(i)] for i in b.ids}) == 1 for b in batches)
     # each file is read from its own corpus's root
     assert ds.manifest.audio_path(len(ds) - 1).parent == b.root
+
+
+@pytest.mark.parametrize(
+    "rate, fmt", [(16_000, "flac"), (22_050, "flac"), (8_000, "wav"), (44_100, "flac")]
+)
+def test_windowed_read_equals_crop_of_full_decode(tmp_path, rate, fmt):
+    """A random crop decodes only its window, and gets the samples the full decode (resampled
+    if the file's rate is another) has there: at the start, the end and inside, stereo too.
+    At the file's own rate bit for bit; resampled, to float32 rounding (the convolution runs
+    over another length, so its sums are ordered differently)."""
+    path = tmp_path / f"a.{fmt}"
+    write_tone(path, 3.0, rate=rate, channels=2, seed=3)
+    full = read_audio(path, 16_000)
+    crop = 8_000
+    atol = 0 if rate == 16_000 else 2e-6
+    for start in (0, 1, 319, 12_345, len(full) - crop - 1, len(full) - crop):
+        window = read_audio(path, 16_000, crop=crop, start_of=lambda _, s=start: s)
+        assert window.shape == (crop,)
+        np.testing.assert_allclose(window, full[start : start + crop], rtol=0, atol=atol)
+    # through the dataset: the same crops as the full decode then cropped
+    m = manifest_of(tmp_path / "m", {"x.flac": 3.0}, rate=rate)
+    ds = AudioDataset(m, max_sample_size=crop, seed=5)
+    whole = read_audio(m.audio_path(0), 16_000)
+    for epoch in range(3):
+        u = ds[(0, epoch)]
+        start = crop_start(len(whole), crop, u.seed)
+        np.testing.assert_allclose(u.wav, whole[start : start + crop], rtol=0, atol=atol)
+
+
+def test_verify_record_is_reused_and_notices_replaced_or_truncated_files(tmp_path):
+    """The first set-up's header scan is recorded beside the manifest; the next set-up reads
+    it instead of scanning, and a file replaced or truncated since is checked again."""
+    from w2v2_pretrain.data import verify
+
+    m = manifest_of(tmp_path, {f"{i}.flac": 1.0 for i in range(4)})
+    (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
+    cfg = DataConfig(manifest_dir=str(tmp_path), min_sample_size=0, max_sample_size=16_000)
+    checked = []
+    real = verify._check_file
+
+    def counting(path, level):
+        checked.append(path)
+        return real(path, level)
+
+    verify._check_file = counting
+    try:
+        AudioDataModule(cfg).setup("fit")
+        assert len(checked) == 8 and verify.record_path(m.source).is_file()
+        checked.clear()
+        AudioDataModule(cfg).setup("fit")  # a second start: no scan
+        assert checked == []
+        write_tone(m.root / "1.flac", 0.5, seed=9)  # replaced by a shorter file
+        raw = (m.root / "2.flac").read_bytes()
+        (m.root / "2.flac").write_bytes(raw[:20])  # truncated
+        cfg.on_bad_file = "skip"
+        dm = AudioDataModule(cfg)
+        dm.setup("fit")
+        assert sorted(Path(p).name for p in checked) == ["1.flac", "1.flac", "2.flac", "2.flac"]
+        assert len(dm.datasets["train"]) == 2 and dm.dropped["train"] == {
+            "wrong length": 1,
+            "unreadable": 1,
+        }
+    finally:
+        verify._check_file = real
+
+
+def _ddp_setup(rank: int, world: int, folder: str, port: int, out: str) -> None:
+    """One DDP rank: set the data up, and write how many files this rank checked."""
+    import torch.distributed as dist
+
+    from w2v2_pretrain.data import verify
+
+    checked = []
+    real = verify._check_file
+    verify._check_file = lambda path, level: checked.append(path) or real(path, level)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        cfg = DataConfig(manifest_dir=folder, min_sample_size=0, max_sample_size=16_000)
+        dm = AudioDataModule(cfg)
+        dm.setup("fit")
+        Path(out, f"rank{rank}").write_text(f"{len(checked)} {len(dm.datasets['train'])}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_scan_the_corpus_once(tmp_path):
+    """Under DDP rank 0 scans and records; the other ranks wait and read its record."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    manifest_of(tmp_path, {f"{i}.flac": 1.0 for i in range(6)})
+    (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        _ddp_setup, args=(2, str(tmp_path), port, str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    assert (tmp_path / "rank0").read_text() == "12 6"  # train and valid, once
+    assert (tmp_path / "rank1").read_text() == "0 6"

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         relative_root=args.relative_root,
         decode=args.verify == "decode",
     )
+    _record(args)
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(
@@ -80,6 +81,19 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.strict:
             sys.exit(1)
+
+
+def _record(args: argparse.Namespace) -> None:
+    """Write each manifest's verify record (what training reads instead of scanning again)."""
+    from pathlib import Path
+
+    from w2v2_pretrain.data.index import read_manifest
+    from w2v2_pretrain.data.verify import VerifyLevel, verified_scan
+
+    for split in ("train", "valid"):
+        manifest = read_manifest(Path(args.dest) / f"{split}.tsv")
+        if len(manifest):
+            verified_scan(manifest, VerifyLevel(args.verify), args.workers, not args.quiet)
 
 
 if __name__ == "__main__":

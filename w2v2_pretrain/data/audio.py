@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +119,10 @@ def read_audio(
     downmix: bool = True,
     expected_samples: int | None = None,
     where: str | None = None,
+    crop: int | None = None,
+    start_of: Callable[[int], int] | None = None,
 ) -> np.ndarray:
-    """Read one file as float32 mono at ``sample_rate``.
+    """Read one file as float32 mono at ``sample_rate``, or only a window of it.
 
     Args:
         path: audio file soundfile can read (FLAC, WAV, OGG, ...).
@@ -128,33 +132,85 @@ def read_audio(
         expected_samples: the manifest's length (at the file's own rate); a file with another
             length (truncated, replaced) is an error.
         where: how to name the input in errors (default: the path).
+        crop: read only a window of this many samples (at ``sample_rate``) when the file is
+            longer; ``start_of(length)`` gives its start from the length at ``sample_rate``
+            (default 0). Only the window is decoded (soundfile seeks), and a file at another
+            rate decodes its window plus the resampler's margin: the result equals cropping
+            the full decode.
 
     Returns:
         ``(L,)`` float32 samples.
     """
     where = where or str(path)
     try:
-        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            info = AudioInfo(f.frames, f.samplerate, f.channels)
+            problem = format_problem(info, sample_rate, resample, downmix, expected_samples)
+            if problem:
+                raise DataError(f"{where}: {problem.detail}")
+            lo, hi, keep = _window(info, sample_rate, crop, start_of)
+            f.seek(lo)
+            wav = f.read(hi - lo, dtype="float32", always_2d=True)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{where}: file not found") from None
     except Exception as e:
         raise DataError(
             f"{where}: unreadable audio: {_reason(e)} (corrupt, truncated or not audio?)"
         ) from None
-    frames, channels = wav.shape
-    problem = format_problem(
-        AudioInfo(frames, rate, channels), sample_rate, resample, downmix, expected_samples
-    )
-    if problem:
-        raise DataError(f"{where}: {problem.detail}")
-    if channels > 1:
+    if len(wav) != hi - lo:
+        raise DataError(
+            f"{where}: unreadable audio: {lo + len(wav)} of {info.frames} samples decode "
+            "(corrupt, truncated or not audio?)"
+        )
+    if info.channels > 1:
         wav = wav.mean(axis=1, keepdims=True)
     wav = wav[:, 0]
-    if rate != sample_rate:
+    if info.sample_rate != sample_rate:
         import torchaudio.functional as AF
 
-        wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), rate, sample_rate).numpy()
-    return np.ascontiguousarray(wav, dtype=np.float32)
+        wav = AF.resample(
+            torch.from_numpy(np.ascontiguousarray(wav)), info.sample_rate, sample_rate
+        ).numpy()
+    return np.ascontiguousarray(wav[keep], dtype=np.float32)
+
+
+def resampled_length(frames: int, rate: int, target: int) -> int:
+    """Samples torchaudio's resampler makes of ``frames`` at ``rate`` (ceil of the ratio)."""
+    g = math.gcd(rate, target)
+    return math.ceil(target // g * frames / (rate // g))
+
+
+def _window(
+    info: AudioInfo, target: int, crop: int | None, start_of: Callable[[int], int] | None
+) -> tuple[int, int, slice]:
+    """Frames ``[lo, hi)`` of the file to decode, and the slice of what they resample to that
+    is the window ``[start, start + crop)`` at ``target``.
+
+    At the file's own rate the window is read as is. At another rate torchaudio's resampler
+    works in blocks: with the rates reduced by their gcd to ``orig -> new``, output block ``b``
+    (``new`` samples) is made from input ``[b * orig - width, (b + 1) * orig + width)``. So the
+    read starts a whole number of blocks early (at least ``width`` input samples, or at 0) and
+    ends as many late (or at the end), and every output of the window is made from the same
+    inputs as in the full decode.
+    """
+    length = resampled_length(info.frames, info.sample_rate, target)
+    if crop is None or length <= crop:
+        return 0, info.frames, slice(None)
+    start = start_of(length) if start_of is not None else 0
+    if info.sample_rate == target:
+        return start, start + crop, slice(None)
+    g = math.gcd(info.sample_rate, target)
+    orig, new = info.sample_rate // g, target // g
+    # torchaudio's kernel half-width (lowpass_filter_width=6, rolloff=0.99), with room
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99)) + 1
+    margin = -(-width // orig) + 1  # in blocks
+    first = max(start // new - margin, 0)
+    last = min((start + crop - 1) // new + 1 + margin, -(-info.frames // orig))
+    lo, hi = first * orig, min(last * orig, info.frames)
+    begin = start - first * new
+    return lo, hi, slice(begin, begin + crop)
 
 
 def normalize(wav: np.ndarray) -> np.ndarray:

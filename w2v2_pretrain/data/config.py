@@ -12,7 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from w2v2_pretrain.data.dataset import BadFilePolicy, CollateMode, VerifyLevel
+from w2v2_pretrain.data.dataset import CollateMode
+from w2v2_pretrain.data.verify import BadFilePolicy, VerifyLevel
 from w2v2_pretrain.errors import ConfigError
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from w2v2_pretrain.data.dataset import (
 )
 from w2v2_pretrain.data.manifest import Manifest, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
+from w2v2_pretrain.data.verify import Scan, load_record, verified_scan
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models.config import Wav2Vec2Config
@@ -73,13 +75,21 @@ class AudioDataModule(pl.LightningDataModule):
         for folder in self.manifest_dirs:
             if not folder.is_dir():
                 raise DataError(f"data.manifest_dir: {folder} is not a directory")
+            manifest = read_manifest(folder / f"{split}.tsv")
+            if manifest.outside.any():
+                log.info(
+                    "%s: %d lines lead out of the root (fairseq's ../ lines for linked "
+                    "folders): read as fairseq reads them",
+                    manifest.source,
+                    int(manifest.outside.sum()),
+                )
             part, part_dropped, part_skipped = check_manifest(
-                read_manifest(folder / f"{split}.tsv"),
+                manifest,
                 self.cfg.min_sample_size,
                 self.receptive_field,
+                scan=self._scan(manifest),
                 verify=self.cfg.verify,
                 on_bad_file=self.cfg.on_bad_file,
-                progress=self.cfg.verify == VerifyLevel.decode,
                 sample_rate=self.cfg.sample_rate,
                 resample=self.cfg.resample,
                 downmix=self.cfg.downmix,
@@ -108,6 +118,35 @@ class AudioDataModule(pl.LightningDataModule):
         self._describe(split, ds)
         self.datasets[split] = ds
         return ds
+
+    def _scan(self, manifest: Manifest) -> Scan | None:
+        """What the files hold, from the corpus's verify record (made now if there is none).
+
+        Under DDP global rank 0 checks (or re-checks the changed files) and writes the record;
+        the other ranks wait at a barrier and read it, so the corpus is scanned once, not once
+        per rank. None with ``data.verify=none`` (the check only stats the files).
+        """
+        level = VerifyLevel.parse(self.cfg.verify, "data.verify")
+        if level == VerifyLevel.none:
+            return None
+        folder = self.bad_files_log.parent if self.bad_files_log is not None else None
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return verified_scan(manifest, level, progress=True, folder=folder)
+        scan = None
+        if dist.get_rank() == 0:
+            scan = verified_scan(manifest, level, progress=True, folder=folder)
+        dist.barrier()
+        if scan is None:
+            scan = load_record(manifest.source, level, len(manifest), folder)
+            if scan is None:  # e.g. nodes that share no file system
+                logging.getLogger(__name__).warning(
+                    "%s: rank %d cannot read rank 0's verify record: checking itself",
+                    manifest.source,
+                    dist.get_rank(),
+                )
+                scan = verified_scan(manifest, level, progress=False, folder=folder, write=False)
+        return scan
 
     def _describe(self, split: str, ds: AudioDataset) -> None:
         """Log each corpus's size and, for training, its share of every epoch's batches."""

@@ -2,7 +2,7 @@
 
 Manifests written here load in fairseq (``wav2vec_manifest.py`` format) and fairseq's load here. A
 root line that is relative is resolved against the manifest's own folder, so a manifest committed
-next to its corpus works from any clone.
+next to its corpus works from any clone. Reading (`read_manifest`, `Manifest`) is in index.py.
 """
 
 from __future__ import annotations
@@ -12,150 +12,18 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, inspect_audio
+
+# the reading side lives in index.py (the manifest as columns); its names stay importable here
+from w2v2_pretrain.data.index import Manifest, ManifestEntry, read_manifest
 from w2v2_pretrain.errors import DataError
 
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One utterance: its path relative to the root, its length in samples at the file's own
-    rate (as fairseq writes it), its manifest line, and the file's rate once a header was read.
-    """
-
-    path: str
-    num_samples: int
-    line: int
-    sample_rate: int | None = None
-    corpus: int = 0
-    """Which of the manifests this entry came from (several corpora in one run)."""
-
-    def samples_at(self, rate: int) -> int:
-        """The length at ``rate`` (what it holds after resampling; as is if the rate is
-        unknown)."""
-        if self.sample_rate is None or self.sample_rate == rate:
-            return self.num_samples
-        return self.num_samples * rate // self.sample_rate
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Parsed manifests: each one's file and absolute audio root, and their entries in order.
-
-    One manifest file in the usual case; `concat` joins several (corpora with roots of their
-    own), each entry remembering its ``corpus``.
-    """
-
-    sources: tuple[Path, ...]
-    roots: tuple[Path, ...]
-    entries: tuple[ManifestEntry, ...]
-
-    @property
-    def source(self) -> Path:
-        """The (first) manifest file."""
-        return self.sources[0]
-
-    @property
-    def root(self) -> Path:
-        """The (first) manifest's audio root."""
-        return self.roots[0]
-
-    @property
-    def name(self) -> str:
-        return ", ".join(str(s) for s in self.sources)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def audio_path(self, i: int) -> Path:
-        e = self.entries[i]
-        return self.roots[e.corpus] / e.path
-
-    def where(self, i: int) -> str:
-        """``manifest:line (path)``: how errors name an entry."""
-        e = self.entries[i]
-        return f"{self.sources[e.corpus]}:{e.line} ({self.roots[e.corpus] / e.path})"
-
-    def corpora(self) -> list[int]:
-        """(N,) the corpus of each entry."""
-        return [e.corpus for e in self.entries]
-
-    def select(self, keep: list[int]) -> Manifest:
-        return Manifest(self.sources, self.roots, tuple(self.entries[i] for i in keep))
-
-    def with_rates(self, rates: list[int | None]) -> Manifest:
-        """The same entries with each file's sample rate recorded."""
-        entries = tuple(
-            replace(e, sample_rate=r) for e, r in zip(self.entries, rates, strict=True)
-        )
-        return Manifest(self.sources, self.roots, entries)
-
-    @staticmethod
-    def concat(parts: list[Manifest]) -> Manifest:
-        """One manifest of several, each part's entries tagged with its corpus number."""
-        sources, roots, entries = [], [], []
-        for part in parts:
-            base = len(sources)
-            sources += part.sources
-            roots += part.roots
-            entries += [replace(e, corpus=base + e.corpus) for e in part.entries]
-        return Manifest(tuple(sources), tuple(roots), tuple(entries))
-
-
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Parse and check a manifest; every problem is a `DataError` naming the file and line.
-
-    Checks the root exists, each line has two tab-separated columns, the length is a positive
-    integer and the path stays inside the root. File existence is checked by the dataset.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read manifest: {e}") from None
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: first line must be the audio root directory, found nothing")
-    root = Path(lines[0].strip())
-    if not root.is_absolute():
-        root = path.parent / root
-    root = root.resolve()
-    if not root.is_dir():
-        raise DataError(f"{path}:1: root {root} does not exist or is not a directory")
-    entries = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = line.rstrip("\n").split("\t")
-        if len(cols) != 2:
-            raise DataError(
-                f"{path}:{n}: expected 2 tab-separated columns (path, num_samples), "
-                f"found {len(cols)}: {line[:80]!r}"
-            )
-        rel, size = cols
-        try:
-            num = int(size)
-        except ValueError:
-            raise DataError(f"{path}:{n}: num_samples {size!r} is not an integer") from None
-        if num <= 0:
-            raise DataError(f"{path}:{n}: num_samples must be positive, got {num}")
-        full = (root / rel).resolve()
-        if not full.is_relative_to(root):
-            raise DataError(f"{path}:{n}: path {rel!r} escapes the root {root}")
-        if str(full) in seen:
-            raise DataError(
-                f"{path}:{n}: {rel!r} is listed again (first at line {seen[str(full)]}): each "
-                "file once, or it would count twice per epoch"
-            )
-        seen[str(full)] = n
-        entries.append(ManifestEntry(rel, num, n))
-    return Manifest((path,), (root,), tuple(entries))
+__all__ = ["Manifest", "ManifestEntry", "read_manifest", "write_manifest", "build_manifests"]
 
 
 def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> None:

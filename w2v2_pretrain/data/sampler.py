@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -79,7 +80,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         # on resume: batches of epoch `skip_epoch` already trained on (skipped once)
         self.skip = 0
         self.skip_epoch = 0
-        self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
+        self._cache: tuple[int, EpochPlan] | None = None
         # Lightning sets the epoch through `batch_sampler.sampler.set_epoch` each epoch
         self.sampler = _EpochHook(self)
 
@@ -87,55 +88,61 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
 
     def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        """Every rank's batches of ``(index, copy)`` for ``epoch``, in dealing order."""
+        """Every rank's batches of ``(index, copy)`` for ``epoch``, in dealing order (as
+        Python lists: for tests and tools; iterating uses the arrays of `plan`)."""
+        plan = self.plan(epoch)
+        return [plan.batch(k) for k in range(len(plan))]
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """Every rank's batches for ``epoch``, in dealing order, as arrays (cached)."""
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, self._make_batches(epoch))
+            self._cache = (epoch, self._make_plan(epoch))
         return self._cache[1]
 
-    def _bucket(self, items: np.ndarray, tiebreak: np.ndarray) -> list[list[int]]:
-        """``items`` sorted by size (ties by ``tiebreak``), cut greedily to the budget."""
-        order = items[np.lexsort((tiebreak[items], self.sizes[items]))]
-        batches, start = [], 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order):
-                n = end - start + 1
-                if n * self.sizes[order[end]] > self.max_tokens:
-                    break
-                if self.max_batch_size and n > self.max_batch_size:
-                    break
-                end += 1
-            batches.append(order[start:end].tolist())
-            start = end
-        return batches
+    def _bucket(self, items: np.ndarray, tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items`` sorted by size (ties by ``tiebreak``), cut greedily to the budget: the
+        order and (B + 1,) batch bounds in it."""
+        n = len(self.sizes)
+        key = self.sizes[items] * n + tiebreak[items]  # unique: one sort instead of a lexsort
+        order = items[np.argsort(key)]
+        return order, _greedy_bounds(self.sizes[order], self.max_tokens, self.max_batch_size)
 
-    def _make_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+    def _make_plan(self, epoch: int) -> EpochPlan:
         rng = np.random.default_rng((self.seed, epoch))
         n = len(self.sizes)
         tiebreak = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.weights is None:
-            batches = [[(i, 0) for i in b] for b in self._bucket(np.arange(n), tiebreak)]
+            order, bounds = self._bucket(np.arange(n), tiebreak)
+            starts, ends = bounds[:-1], bounds[1:]
+            copies = np.zeros(len(starts), dtype=np.int64)
         else:
             per = [
                 self._bucket(np.flatnonzero(self.corpora == c), tiebreak)
                 for c in range(len(self.weights))
             ]
-            total = sum(len(b) for b in per)
+            total = sum(len(b) - 1 for _, b in per)
             share = self.weights / self.weights.sum()
-            batches = []
-            for c, own in enumerate(per):
+            orders, starts, ends, copies, base = [], [], [], [], 0
+            for c, (own, bounds) in enumerate(per):
+                count = len(bounds) - 1
                 want = int(round(share[c] * total))
-                copies, rest = divmod(want, len(own)) if own else (0, 0)
-                drawn = [(b, k) for k in range(copies) for b in range(len(own))]
-                drawn += [(int(b), copies) for b in rng.choice(len(own), rest, replace=False)]
-                batches += [[(i, k) for i in own[b]] for b, k in drawn]
-        while len(batches) % self.num_replicas:
-            big = max(range(len(batches)), key=lambda i: len(batches[i]))
-            b = batches.pop(big)
-            batches[big:big] = [b[: len(b) // 2], b[len(b) // 2 :]]
+                times, rest = divmod(want, count) if count else (0, 0)
+                drawn = np.tile(np.arange(count), times)
+                extra = rng.choice(count, rest, replace=False)  # drawn even when rest is 0
+                drawn = np.concatenate([drawn, extra]).astype(np.int64)
+                copy = np.concatenate([np.repeat(np.arange(times), count), np.full(rest, times)])
+                orders.append(own)
+                starts.append(bounds[:-1][drawn] + base)
+                ends.append(bounds[1:][drawn] + base)
+                copies.append(copy.astype(np.int64))
+                base += len(own)
+            order = np.concatenate(orders)
+            starts, ends, copies = (np.concatenate(x) for x in (starts, ends, copies))
+        starts, ends, copies = _split_to_multiple(starts, ends, copies, self.num_replicas)
         if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
+            perm = rng.permutation(len(starts))
+            starts, ends, copies = starts[perm], ends[perm], copies[perm]
+        return EpochPlan(order, starts, ends, copies)
 
     def resume(self, epoch: int, consumed: int) -> None:
         """Skip the first ``consumed`` batches the next time ``epoch`` is iterated."""
@@ -144,18 +151,82 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     def _skip_now(self) -> int:
         return self.skip if self.epoch == self.skip_epoch else 0
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        mine = self.batches(self.epoch)[self.rank :: self.num_replicas]
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        plan = self.plan(self.epoch)
         skip = self._skip_now()
         if skip:
             self.skip = 0
-        for batch in mine[skip:]:
-            yield [(i, self.epoch, copy) for i, copy in batch]
+        for k in range(self.rank + skip * self.num_replicas, len(plan), self.num_replicas):
+            yield [(i, self.epoch, copy) for i, copy in plan.batch(k)]
 
     def __len__(self) -> int:
         """Batches of the whole epoch for this rank, also while resuming inside it: Lightning
         counts the batches already trained on as done and stops when this many are."""
-        return len(self.batches(self.epoch)) // self.num_replicas
+        return len(self.plan(self.epoch)) // self.num_replicas
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's batches as arrays: batch k is ``order[starts[k]:ends[k]]``, drawn as copy
+    ``copies[k]`` (0 unless its corpus is upsampled)."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    copies: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, k: int) -> list[tuple[int, int]]:
+        copy = int(self.copies[k])
+        return [(i, copy) for i in self.order[self.starts[k] : self.ends[k]].tolist()]
+
+
+def _greedy_bounds(sizes: np.ndarray, max_tokens: int, max_batch: int | None) -> np.ndarray:
+    """(B + 1,) bounds of the greedy cut of ascending ``sizes``: each batch takes items while
+    ``count * size of the last <= max_tokens`` (and ``count <= max_batch``).
+
+    The capacity ``max_tokens // size`` only falls along the sorted sizes, and over a stretch
+    of equal capacity c every batch is c items: those are cut at once, so the loop runs once
+    per distinct capacity, not once per batch.
+    """
+    n = len(sizes)
+    cap = max_tokens // np.maximum(sizes, 1)
+    if max_batch:
+        cap = np.minimum(cap, max_batch)
+    cap = np.maximum(cap, 1)
+    change = np.flatnonzero(np.diff(cap)) + 1  # where a stretch of equal capacity ends
+    bounds, start = [np.zeros(1, dtype=np.int64)], 0
+    while start < n:
+        c = int(cap[start])
+        nxt = np.searchsorted(change, start, side="right")
+        stretch_end = int(change[nxt]) if nxt < len(change) else n
+        full = (stretch_end - start) // c
+        if full:
+            bounds.append(start + c * np.arange(1, full + 1, dtype=np.int64))
+            start += c * full
+            continue
+        end = start + 1  # a batch across stretches: item by item, as the greedy rule says
+        while end < n and end - start + 1 <= cap[end]:
+            end += 1
+        bounds.append(np.array([end], dtype=np.int64))
+        start = end
+    return np.concatenate(bounds)
+
+
+def _split_to_multiple(
+    starts: np.ndarray, ends: np.ndarray, copies: np.ndarray, replicas: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split the largest batch in two (first the earliest of the largest) until the count is
+    a multiple of ``replicas``: every rank the same number of batches."""
+    while len(starts) % replicas:
+        big = int(np.argmax(ends - starts))
+        mid = starts[big] + (ends[big] - starts[big]) // 2
+        starts = np.insert(starts, big + 1, mid)
+        ends = np.insert(ends, big, mid)
+        copies = np.insert(copies, big, copies[big])
+    return (np.asarray(x, dtype=np.int64) for x in (starts, ends, copies))
 
 
 class _EpochHook:

@@ -1,0 +1,389 @@
+"""The set-up check of a manifest: which entries are usable, and why the others are not.
+
+Every entry's file is checked to exist (``data.verify=none``), its header read (``header``)
+or every sample decoded (``decode``), in parallel threads, each thread taking a chunk of
+entries (one task per entry costs more than a header read). What the files hold is kept as
+columns (`Scan`); the run's settings (rate, channels, lengths) are applied to those columns
+at once, and only the entries that fail are turned into messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from w2v2_pretrain.atomic import atomic_open
+from w2v2_pretrain.choice import Choice
+from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, format_problem, inspect_audio
+from w2v2_pretrain.data.index import Manifest
+from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.logs import run_logger
+
+log = run_logger(__name__)  # every rank checks the same manifest: said once
+
+_SCAN_CHUNK = 512  # entries per thread task
+
+
+class BadFilePolicy(Choice):
+    """What a file that cannot be used does to the run (``data.on_bad_file``)."""
+
+    error = "error"
+    """Stop, naming the file (in training: with a checkpoint to resume from)."""
+    skip = "skip"
+    """Drop it, name it in the log and in ``bad_files.tsv``, count it, go on."""
+
+
+class VerifyLevel(Choice):
+    """How closely the setup checks every manifest entry (``data.verify``)."""
+
+    none = "none"
+    """Only that each file exists."""
+    header = "header"
+    """Read every header: unreadable, empty and wrong-length files (true means this)."""
+    decode = "decode"
+    """Decode every file in full: also truncated FLACs, NaN/Inf and all-zero audio."""
+
+    @classmethod
+    def parse(cls, value, field: str) -> VerifyLevel:
+        if isinstance(value, bool):
+            return cls.header if value else cls.none
+        return super().parse(value, field)
+
+    @property
+    def rank(self) -> int:
+        """0 none, 1 header, 2 decode: a scan at a higher rank answers a lower one."""
+        return ("none", "header", "decode").index(self.value)
+
+
+@dataclass
+class Scan:
+    """What a check found in each file, independent of the run's settings.
+
+    Shape (N entries):
+        frames, sample_rates, channels: (N,) from the header (-1, 0, 0 where none was read).
+        problems: entry index -> why its file cannot be used at all (missing, unreadable, ...).
+    """
+
+    level: VerifyLevel
+    frames: np.ndarray
+    sample_rates: np.ndarray
+    channels: np.ndarray
+    problems: dict[int, AudioProblem] = field(default_factory=dict)
+    file_sizes: np.ndarray | None = None
+    """(N,) each file's size in bytes when it was checked (-1: missing)."""
+    file_mtimes: np.ndarray | None = None
+    """(N,) each file's modification time (ns) when it was checked."""
+
+    @classmethod
+    def empty(cls, level: VerifyLevel, n: int) -> Scan:
+        return cls(
+            level,
+            np.full(n, -1, dtype=np.int64),
+            np.zeros(n, dtype=np.int32),
+            np.zeros(n, dtype=np.int16),
+            file_sizes=np.full(n, -1, dtype=np.int64),
+            file_mtimes=np.zeros(n, dtype=np.int64),
+        )
+
+
+def _check_file(path: str, verify: VerifyLevel) -> AudioInfo | AudioProblem | None:
+    """What is wrong with one file, else what its header says (None: no header was read)."""
+    if not os.path.isfile(path):
+        if not os.path.exists(path):
+            return AudioProblem("missing", "file not found")
+        return AudioProblem("not a file", "not a regular file")
+    if verify == VerifyLevel.none:
+        return None
+    return inspect_audio(path, decode=verify == VerifyLevel.decode)
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
+
+
+def stat_files(manifest: Manifest, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) size and (N,) modification time (ns) of every entry's file (-1, 0: missing)."""
+    n = len(manifest)
+    sizes, mtimes = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+
+    def run(lo: int) -> None:
+        for i in range(lo, min(lo + 4 * _SCAN_CHUNK, n)):
+            sizes[i], mtimes[i] = _stat(str(manifest.audio_path(i)))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(run, range(0, n, 4 * _SCAN_CHUNK)))
+    return sizes, mtimes
+
+
+def scan_files(
+    manifest: Manifest,
+    verify: VerifyLevel,
+    workers: int = 8,
+    progress: str | None = None,
+    indices: np.ndarray | None = None,
+    base: Scan | None = None,
+) -> Scan:
+    """Check the files of ``indices`` (default: every entry) in parallel threads, a chunk of
+    entries per task; with a progress bar (and its ETA) titled ``progress``. With ``base``,
+    its entries at ``indices`` are checked again (in place)."""
+    n = len(manifest)
+    scan = Scan.empty(verify, n) if base is None else base
+    todo = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    chunks = [todo[i : i + _SCAN_CHUNK] for i in range(0, len(todo), _SCAN_CHUNK)]
+
+    def run(chunk: np.ndarray) -> int:
+        for i in chunk.tolist():
+            path = str(manifest.audio_path(i))
+            scan.file_sizes[i], scan.file_mtimes[i] = _stat(path)
+            found = _check_file(path, verify)
+            scan.problems.pop(i, None)
+            scan.frames[i], scan.sample_rates[i], scan.channels[i] = -1, 0, 0
+            if isinstance(found, AudioProblem):
+                scan.problems[i] = found
+            elif found is not None:
+                scan.frames[i] = found.frames
+                scan.sample_rates[i] = found.sample_rate
+                scan.channels[i] = found.channels
+        return len(chunk)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        done = pool.map(run, chunks)
+        if progress and len(todo):
+            from tqdm import tqdm
+
+            with tqdm(total=len(todo), desc=progress, unit="file") as bar:
+                for count in done:
+                    bar.update(count)
+        else:
+            list(done)
+    return scan
+
+
+def _format_problems(
+    manifest: Manifest, scan: Scan, sample_rate: int, resample: bool, downmix: bool
+) -> dict[int, AudioProblem]:
+    """Entries whose header disagrees with the manifest or the run's settings (`format_problem`
+    on the columns at once; only the failures become messages)."""
+    known = scan.frames >= 0
+    bad = known & (scan.frames != manifest.num_samples)  # also catches 0 frames
+    if not downmix:
+        bad |= known & (scan.channels > 1)
+    if not resample:
+        bad |= known & (scan.sample_rates != sample_rate)
+    out = {}
+    for i in np.flatnonzero(bad).tolist():
+        info = AudioInfo(int(scan.frames[i]), int(scan.sample_rates[i]), int(scan.channels[i]))
+        expected = int(manifest.num_samples[i])
+        problem = format_problem(info, sample_rate, resample, downmix, expected)
+        if problem is not None:
+            out[i] = problem
+    return out
+
+
+def _too_short(length: int, sample_rate: int, receptive_field: int) -> AudioProblem:
+    """A clip the feature encoder cannot make one frame of."""
+    return AudioProblem(
+        "too short",
+        f"{length} samples at {sample_rate} Hz, shorter than the feature encoder's receptive "
+        f"field ({receptive_field} samples)",
+    )
+
+
+@dataclass
+class _Triage:
+    """Where `check_manifest` puts the entries: dropped (counted by reason) or, being a bad
+    file skipped under ``on_bad_file=skip``, also named (``where: reason``)."""
+
+    dropped: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+
+    def bad_file(self, where: str, problem: AudioProblem, on_bad_file: BadFilePolicy) -> None:
+        if on_bad_file == BadFilePolicy.error:
+            raise DataError(f"{where}: {problem.detail} (data.on_bad_file=skip skips bad files)")
+        log.warning("skipping %s: %s", where, problem.detail)
+        self.skipped.append(f"{where}: {problem.detail}")
+        self.dropped[problem.kind] += 1
+
+    def summarise(self, manifest: Manifest, kept: int) -> None:
+        """Stop if nothing is left of a manifest that had entries; else log what was dropped."""
+        if not kept and len(manifest):
+            raise DataError(f"{manifest.name}: no usable entries (dropped {dict(self.dropped)})")
+        if self.dropped:
+            log.warning(
+                "%s: kept %d of %d entries; dropped %s",
+                manifest.name,
+                kept,
+                len(manifest),
+                dict(self.dropped),
+            )
+
+
+def check_manifest(
+    manifest: Manifest,
+    min_sample_size: int,
+    receptive_field: int,
+    verify: VerifyLevel | bool | str = VerifyLevel.header,
+    on_bad_file: BadFilePolicy | str = BadFilePolicy.error,
+    workers: int = 8,
+    progress: bool = False,
+    sample_rate: int = 16_000,
+    resample: bool = True,
+    downmix: bool = True,
+    scan: Scan | None = None,
+) -> tuple[Manifest, Counter, list[str]]:
+    """Return the usable entries, a count of what was dropped by reason, and the bad files
+    skipped (``where: reason``).
+
+    Clips shorter than ``min_sample_size`` are dropped and counted. Files that are missing,
+    unreadable, empty, of the wrong length (``verify=header`` reads every header), that fail to
+    decode or hold NaN/Inf or only zeros (``verify=decode``), or that are shorter than the
+    feature encoder's receptive field are bad files: a `DataError` naming the first one, or with
+    ``on_bad_file=skip`` dropped, counted and logged. Files are checked in parallel threads
+    (or ``scan`` says what a check found before). Lengths are compared at ``sample_rate`` (the
+    rate the model sees): a header pass records each file's own rate, so an 8 kHz file counts
+    its samples after resampling; without ``resample`` (or ``downmix``) another rate (or
+    several channels) is a bad file.
+    """
+    verify = VerifyLevel.parse(verify, "data.verify")
+    on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
+    if scan is None:
+        scan = scan_files(manifest, verify, workers, f"{verify} check" if progress else None)
+    manifest = manifest.with_rates(scan.sample_rates)
+    problems = _format_problems(manifest, scan, sample_rate, resample, downmix) | scan.problems
+    lengths = manifest.samples_at(sample_rate)
+    short = np.flatnonzero(lengths < receptive_field).tolist()
+    for i in short:
+        problems.setdefault(i, _too_short(int(lengths[i]), sample_rate, receptive_field))
+    triage = _Triage()
+    for i in sorted(problems):
+        triage.bad_file(manifest.where(i), problems[i], on_bad_file)
+    is_bad = np.zeros(len(manifest), dtype=bool)
+    is_bad[np.fromiter(problems, dtype=np.int64, count=len(problems))] = True
+    keep = lengths >= min_sample_size
+    too_small = int(np.count_nonzero(~keep & ~is_bad))
+    keep &= ~is_bad
+    if too_small:
+        triage.dropped[f"shorter than min_sample_size={min_sample_size}"] += too_small
+    kept = np.flatnonzero(keep)
+    triage.summarise(manifest, len(kept))
+    return manifest.select(kept), triage.dropped, triage.skipped
+
+
+# --- the verify record -----------------------------------------------------------------------
+
+RECORD_VERSION = 1
+
+
+def record_path(source: Path) -> Path:
+    """Where the verify record of manifest ``source`` is kept: beside it."""
+    return source.with_name(source.name + ".verified.npz")
+
+
+def _manifest_key(source: Path) -> np.ndarray:
+    st = source.stat()
+    return np.array([RECORD_VERSION, st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def save_record(source: Path, scan: Scan, folder: Path | None = None) -> Path | None:
+    """Write the scan of manifest ``source`` beside it (or, where that folder cannot be
+    written, into ``folder``); the path written, or None."""
+    problems = sorted(scan.problems.items())
+    arrays = {
+        "key": _manifest_key(source),
+        "level": np.array([scan.level.rank]),
+        "frames": scan.frames,
+        "sample_rates": scan.sample_rates,
+        "channels": scan.channels,
+        "file_sizes": scan.file_sizes,
+        "file_mtimes": scan.file_mtimes,
+        "problem_index": np.array([i for i, _ in problems], dtype=np.int64),
+        "problem_json": np.array(json.dumps([[p.kind, p.detail] for _, p in problems])),
+    }
+    for target in (record_path(source), folder and folder / record_path(source).name):
+        if target is None:
+            continue
+        try:
+            with atomic_open(target, "wb") as f:
+                np.savez(f, **arrays)
+            return target
+        except OSError as e:
+            log.warning("cannot write the verify record %s (%s)", target, e.strerror or e)
+    return None
+
+
+def load_record(
+    source: Path, level: VerifyLevel, n: int, folder: Path | None = None
+) -> Scan | None:
+    """The recorded scan of manifest ``source`` if it answers ``level`` and the manifest is
+    unchanged since (its size and modification time); else None."""
+    for target in (record_path(source), folder and folder / record_path(source).name):
+        if target is None or not target.is_file():
+            continue
+        try:
+            with np.load(target) as z:
+                if not np.array_equal(z["key"], _manifest_key(source)):
+                    continue
+                if int(z["level"][0]) < level.rank or len(z["frames"]) != n:
+                    continue
+                kinds = json.loads(str(z["problem_json"]))
+                problems = {
+                    int(i): AudioProblem(k, d)
+                    for i, (k, d) in zip(z["problem_index"], kinds, strict=True)
+                }
+                names = ("frames", "sample_rates", "channels")
+                return Scan(
+                    VerifyLevel(("none", "header", "decode")[int(z["level"][0])]),
+                    *(z[name].copy() for name in names),
+                    problems=problems,
+                    file_sizes=z["file_sizes"].copy(),
+                    file_mtimes=z["file_mtimes"].copy(),
+                )
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring the unreadable verify record %s (%s)", target, e)
+    return None
+
+
+def verified_scan(
+    manifest: Manifest,
+    level: VerifyLevel,
+    workers: int = 8,
+    progress: bool = True,
+    folder: Path | None = None,
+    write: bool = True,
+) -> Scan:
+    """The scan of a one-corpus ``manifest`` at ``level``: from its record when there is one
+    (files whose size or modification time changed since are checked again, and the record
+    updated), else scanned now and recorded (with ``write``). ``folder``: where to keep the
+    record when the manifest's folder is read-only (the run folder)."""
+    source = manifest.source
+    scan = load_record(source, level, len(manifest), folder)
+    if scan is not None:
+        sizes, mtimes = stat_files(manifest, workers)
+        changed = np.flatnonzero((sizes != scan.file_sizes) | (mtimes != scan.file_mtimes))
+        if not len(changed):
+            log.info(
+                "%s: verified before (%s), %d files unchanged", source, scan.level, len(manifest)
+            )
+            return scan
+        log.info(
+            "%s: %d files changed since they were verified: checking them again",
+            source,
+            len(changed),
+        )
+        scan = scan_files(manifest, scan.level, workers, None, indices=changed, base=scan)
+    else:
+        title = f"{level} check of {source.name}" if progress else None
+        scan = scan_files(manifest, level, workers, title)
+    if write:
+        save_record(source, scan, folder)
+    return scan

@@ -138,6 +138,7 @@ FAST = [
     "data.num_workers=0",
     "data.persistent_workers=false",
     "data.verify=none",
+    "probe.every_n_updates=0",  # the demo's probe rounds: tests/test_probes.py covers them
 ]
 
 

@@ -297,3 +297,66 @@ def test_extract_settings_and_out_dir_are_one_line(exported, tmp_path, capsys, a
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ")
     assert message.format(tmp=tmp_path, gpus=gpus) in err[0]
+
+
+def export_main(capsys, *args: str) -> tuple[int, list[str]]:
+    """``w2v2-export`` in this process: (exit status, stderr lines)."""
+    from w2v2_pretrain.cli.export import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_export_onto_an_existing_out_needs_overwrite(exported, tmp_path, capsys):
+    """An existing OUT is refused unless --overwrite; --overwrite replaces a model folder as a
+    whole (no stale file left) or a fairseq file; a folder that is not a model, a file where a
+    folder goes, a folder where a file goes, or OUT under a file: one line, nothing touched."""
+    _, tmp = exported
+    model = str(tmp / "model.pt")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "pytorch_model.bin").write_text("stale")
+    assert export_main(capsys, model, str(hf)) == (
+        2,
+        [f"error: OUT {hf}: exists; --overwrite replaces it"],
+    )
+    assert export_main(capsys, model, str(hf), "--overwrite")[0] == 0
+    assert sorted(p.name for p in hf.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert load_model(hf).cfg.context_network.num_layers == 4
+    capsys.readouterr()  # transformers' loading bar
+
+    fs = tmp_path / "model_fs.pt"
+    fs.write_text("old")
+    assert export_main(capsys, model, str(fs), "--format", "fairseq") == (
+        2,
+        [f"error: OUT {fs}: exists; --overwrite replaces it"],
+    )
+    assert export_main(capsys, model, str(fs), "--format", "fairseq", "--overwrite")[0] == 0
+    assert fs.stat().st_size > 1000
+
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    for out, fmt, message in (
+        (
+            home,
+            "transformers",
+            "a folder that is not a transformers model (no config.json); not replaced, even "
+            "with --overwrite: choose another OUT",
+        ),
+        (fs, "transformers", "is a file; the transformers export writes a folder"),
+        (hf, "fairseq", "is a folder; the fairseq export writes one file"),
+        (fs / "sub", "transformers", f"its folder {fs}: is a file, not a folder"),
+    ):
+        code, err = export_main(capsys, model, str(out), "--format", fmt, "--overwrite")
+        assert (code, err) == (2, [f"error: OUT {out}: {message}"])
+    assert (home / "notes").is_dir()

@@ -40,6 +40,27 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.close(fd)
 
 
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A folder that appears whole: yields a temporary folder beside ``path`` to fill, then
+    renames it to ``path``; a folder already there is renamed aside first and removed after.
+    A failure leaves ``path`` as it was."""
+    import shutil
+
+    path = Path(path)
+    tmp, old = _temporary(path), path.with_name(f".{path.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def unfinished(folder: str | Path, pattern: str = "*") -> list[Path]:
     """The temporary files of writes into ``folder`` (targets matching ``pattern``) that a
     killed process never finished."""

@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-seconds",
         type=float,
         default=600.0,
-        help="refuse files longer than this unless --window-seconds is given; memory grows "
-        "with the length (a 60-minute file needed 5.9 GB with the tiny model; default: 600)",
+        help="refuse files longer than this unless --window-seconds is given: memory grows "
+        "with the length (default: 600)",
     )
     p.add_argument(
         "--window-seconds",

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from w2v2_pretrain.configs import register_configs
 
+from w2v2_pretrain.configs import register_configs
 from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
 
 
@@ -138,6 +138,7 @@ FAST = [
     "data.num_workers=0",
     "data.persistent_workers=false",
     "data.verify=none",
+    "probe.every_n_updates=0",  # the demo's probe rounds: tests/test_probes.py covers them
 ]
 
 

@@ -118,7 +118,7 @@ def test_unreadable_files_are_reported_and_counted(librispeech_tree, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "19-198-9999.flac: unreadable audio" in proc.stderr
     assert "26-495-9999.flac: unreadable audio" in proc.stderr
-    assert "skipped 2 unreadable" in proc.stderr
+    assert "skipped 2 files or folders (2 unreadable; listed above)" in proc.stderr
     assert "Traceback" not in proc.stderr
     strict = subprocess.run(
         [
@@ -298,3 +298,98 @@ def test_linked_sub_folder_and_fairseq_dotdot_lines_load(tmp_path):
     assert skipped[0].startswith(f"{fairseq}:4 ({root}/../../etc/passwd): ")
     with pytest.raises(DataError, match=r"fairseq.tsv:4 \(.*etc/passwd\): "):
         check_manifest(m, 0, 400)
+
+
+def manifest_cli(root: Path, dest: Path, *args: str, timeout: float = 60):
+    return subprocess.run(
+        [sys.executable, "-m", "w2v2_pretrain.cli.manifest", str(root), "--dest", str(dest)]
+        + ["--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_walk_visits_each_folder_once_and_follows_links(tmp_path):
+    """Links to folders and files elsewhere are followed; a loop is one line and not followed;
+    two loop links end at once (they made the walk exponential); a second link to a folder or
+    file already listed is left out, so no file is listed twice."""
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write_tone(root / "1" / "2" / f"1-2-{i}.flac", 0.5, seed=i)
+    write_tone(tmp_path / "elsewhere" / "3" / "3-1-0.flac", 0.5)
+    os.symlink("..", root / "1" / "loop")
+    os.symlink("../..", root / "1" / "2" / "loop2")
+    os.symlink(tmp_path / "elsewhere", root / "linked")
+    os.symlink(tmp_path / "elsewhere", root / "linked_again")
+    os.symlink(root / "1" / "2" / "1-2-0.flac", root / "1-2-0-link.flac")
+    proc = manifest_cli(root, tmp_path / "m", "--valid-percent", "0", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    rows = [r.split("\t")[0] for r in (tmp_path / "m" / "train.tsv").read_text().splitlines()[1:]]
+    assert rows == ["1/2/1-2-0.flac", "1/2/1-2-1.flac", "1/2/1-2-2.flac", "linked/3/3-1-0.flac"]
+    err = proc.stderr.splitlines()
+    assert [x for x in err if "symbolic link loop" in x] == [
+        f"skipped {root / '1' / 'loop'}: symbolic link loop: points to {root}, a folder that "
+        "holds the link; not followed",
+        f"skipped {root / '1' / '2' / 'loop2'}: symbolic link loop: points to {root}, a folder "
+        "that holds the link; not followed",
+    ]
+    assert f"skipped {root / 'linked_again'}: links to a folder already listed as" in proc.stderr
+    assert f"{root / '1-2-0-link.flac'}: the same file as {root / '1/2/1-2-0.flac'}" in proc.stderr
+    assert err[-1] == "skipped 4 files or folders (2 duplicate, 2 symlink loop; listed above)"
+
+
+def test_walk_skips_special_files_and_names_a_manifest_cannot_hold(tmp_path):
+    """A FIFO named .flac (opening it would wait forever), a broken link, and names with a
+    newline, a tab or bytes that are not UTF-8: each skipped with its reason, never written."""
+    root = tmp_path / "corpus"
+    good = root / "1" / "good.flac"
+    write_tone(good, 0.5)
+    os.mkfifo(root / "1" / "fifo.flac")
+    os.symlink(tmp_path / "gone.flac", root / "1" / "broken.flac")
+    for name in (b"new\nline.flac", b"tab\there.flac", b"latin1-\xe9.flac", b"dir\tx"):
+        path = os.fsencode(root / "1") + b"/" + name
+        if name == b"dir\tx":
+            os.mkdir(path)
+            path += b"/inside.flac"
+        with open(path, "wb") as f:
+            f.write(good.read_bytes())
+    proc = manifest_cli(root, tmp_path / "m", "--valid-percent", "0", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "train.tsv").read_text() == f"{root}\n1/good.flac\t8000\n"
+    err = proc.stderr
+    assert f"skipped {root}/1/fifo.flac: not a regular file (FIFO)" in err
+    assert f"skipped {root}/1/broken.flac: symbolic link to a missing file" in err
+    cannot_hold = "its name holds a tab or line break, which a manifest line cannot hold"
+    for shown_name in ("new\\nline.flac", "tab\\there.flac", "dir\\tx"):
+        assert f"skipped {root}/1/{shown_name}: {cannot_hold}" in err
+    assert f"skipped {root}/1/latin1-\\xe9.flac: its name is not valid UTF-8" in err
+    assert "unreadable audio" not in err
+    assert err.splitlines()[-1] == (
+        "skipped 6 files or folders (4 bad name, 1 broken link, 1 not a regular file; "
+        "listed above)"
+    )
+    assert manifest_cli(root, tmp_path / "m2", "--strict").returncode == 1
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "sysfs"])
+def test_dest_that_cannot_hold_manifests_is_one_line(librispeech_tree, tmp_path, capsys, where):
+    """``--dest`` that is a file, under a file, or not writable. Tests run as root, which
+    chmod does not stop, so "not writable" is /sys, where the kernel refuses even root."""
+    from w2v2_pretrain.cli.manifest import main
+
+    (tmp_path / "file").write_text("x")
+    dest, cause = {
+        "a file": (tmp_path / "file", "is a file, not a folder"),
+        "under a file": (
+            tmp_path / "file" / "m",
+            f"cannot write there: {tmp_path}/file is a file",
+        ),
+        "sysfs": (Path("/sys/w2v2-manifests"), "cannot write there: Operation not permitted"),
+    }[where]
+    if where == "sysfs" and not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here")
+    with pytest.raises(SystemExit) as e:
+        main([str(librispeech_tree), "--dest", str(dest), "--quiet"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --dest {dest}: {cause}"]

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,8 +171,7 @@ def test_a_folder_without_labels_runs_the_label_free_probes(tmp_path, capsys):
 
 
 def test_run_probes_is_deterministic_and_leaves_the_model_and_rng_alone():
-    ps = build_probe_set(DEMO_MANIFESTS, max_seconds=40, seed=1)
-    audio = load_probe_audio(ps)
+    ps, audio = load_probe_audio(build_probe_set(DEMO_MANIFESTS, max_seconds=40, seed=1))
     torch.manual_seed(3)
     model = Wav2Vec2Model(preset("tiny")).train()
     config = ProbeConfig(layers=[4], ctc_steps=10, speaker_steps=20)
@@ -284,3 +284,18 @@ def test_probes_are_off_by_default(tmp_path):
         ProbeCallback({"every_n_updates": 1, "ctc_stepz": 3})
     with pytest.raises(ConfigError, match="probe.every_n_updates=-1"):
         ProbeCallback({"every_n_updates": -1})
+
+
+def test_a_file_that_cannot_be_read_is_left_out_of_the_probe_set(tmp_path, caplog):
+    """A corpus with bad files (the run skips them at set-up): the probe set leaves each one
+    out, named in a warning, and probes the rest."""
+    from helpers import messy_corpus
+
+    ps = build_probe_set(messy_corpus(tmp_path), max_seconds=60)
+    with caplog.at_level("WARNING", logger="w2v2_pretrain.probes.probe_set"):
+        readable, audio = load_probe_audio(ps)
+    left_out = [r.getMessage() for r in caplog.records if "probe set: left out" in r.getMessage()]
+    assert len(readable.utterances) == len(audio) == len(ps.utterances) - len(left_out)
+    assert any("text.flac" in line and "unreadable audio" in line for line in left_out)
+    assert any("missing.flac" in line for line in left_out)
+    assert all(np.isfinite(a).all() and len(a) for a in audio)

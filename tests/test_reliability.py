@@ -39,6 +39,7 @@ MESSY = [
     "data.max_tokens=48000",
     "model.objective.num_negatives=10",
     "trainer.limit_val_batches=1",
+    "probe.every_n_updates=0",
     "trainer.val_check_interval=1000",
 ]
 

@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="exit with status 1 if any file or directory was unreadable",
+        help="exit with status 1 if any file or folder was skipped (unreadable audio, a "
+        "symbolic link loop, a FIFO or device, a name a manifest cannot hold, ...)",
     )
     p.add_argument(
         "--relative-root",
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     for reason, n in report.filtered.items():
         print(f"filtered {n} files: {reason}")
     if report.skipped:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.skipped_kinds.items()))
         print(
-            f"skipped {len(report.skipped)} unreadable files or directories (listed above)",
+            f"skipped {len(report.skipped)} files or folders ({kinds}; listed above)",
             file=sys.stderr,
         )
         if args.strict:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     print(probe_set.describe(), flush=True)
     for probe, why in probe_set.skipped.items():
         print(f"skipped {probe}: {why}")
-    audio_cache: dict[tuple[int, bool], list] = {}
+    audio_cache: dict[tuple[int, bool], tuple] = {}  # (probe set, audio) per input contract
     reports = []
     for name, model in _models(args):
         contract = model.cfg.input
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         if key not in audio_cache:
             audio_cache[key] = load_probe_audio(probe_set, *key)
         config.check_layers(model.cfg.context_network.num_layers, "--layers")
-        report = run_probes(model.to(args.device), probe_set, audio_cache[key], config, name)
+        readable, audio = audio_cache[key]
+        report = run_probes(model.to(args.device), readable, audio, config, name)
         print(f"{name}: {report.seconds:.1f} s", flush=True)
         reports.append(report)
     print()

@@ -7,16 +7,18 @@ next to its corpus works from any clone. Reading (`read_manifest`, `Manifest`) i
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import stat
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from w2v2_pretrain.atomic import atomic_open
+from w2v2_pretrain.atomic import atomic_open, writable_dir
 from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, inspect_audio
 
 # the reading side lives in index.py (the manifest as columns); its names stay importable here
@@ -36,36 +38,176 @@ def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> No
 
 @dataclass
 class ManifestReport:
-    """What `build_manifests` did: counts per split and every file it skipped, with the reason."""
+    """What `build_manifests` did: counts per split, every file or folder it skipped with the
+    reason, and the skips counted by kind."""
 
     train: int = 0
     valid: int = 0
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_kinds: Counter = field(default_factory=Counter)
     filtered: Counter = field(default_factory=Counter)
 
+    def skip(self, path: str, kind: str, detail: str) -> None:
+        self.skipped.append((path, detail))
+        self.skipped_kinds[kind] += 1
 
-def find_audio(root: Path, ext: str, on_error: Callable[[str, str], None]) -> Iterator[Path]:
-    """Files under ``root`` (any depth) whose suffix is ``.ext``, in sorted, stable order.
 
-    Directories that cannot be listed are passed to ``on_error(path, reason)`` and skipped.
+# what str.splitlines (our reader) or a text file (fairseq's) splits on, and the column separator
+_UNHOLDABLE = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file or folder name cannot be written into a manifest line, or None."""
+    if any(c in _UNHOLDABLE for c in name):
+        return "its name holds a tab or line break, which a manifest line cannot hold"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir passes undecodable bytes on as surrogates
+        return "its name is not valid UTF-8, which a manifest (UTF-8 text) cannot hold"
+    return None
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as one printable line: undecodable bytes as ``\\xNN``, tabs and breaks escaped."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device"}
+_KINDS[stat.S_IFBLK] = "block device"
+
+OnSkip = Callable[[str, str, str], None]
+"""``on_skip(path, kind, detail)``: a file or folder the walk leaves out, and why."""
+
+
+class _Walk:
+    """The walk behind `find_audio`: each real folder and each real file once.
+
+    Real folders are walked first, then the folders that symbolic links point to (corpora
+    assembled from links), each once: a link to a folder already walked is a loop when the
+    folder contains the link, else a second way to the same files; both are reported and left
+    out. Links to files come last, so a file is listed under its own name where it has one.
     """
-    suffix = "." + ext.lower().lstrip(".")
-    stack = [root]
-    found = []
-    while stack:
-        d = stack.pop()
+
+    def __init__(self, root: Path, suffix: str, on_skip: OnSkip):
+        self.suffix = suffix
+        self.on_skip = on_skip
+        st = root.stat()
+        self.dirs: dict[tuple[int, int], Path] = {(st.st_dev, st.st_ino): root}
+        self.files: dict[tuple[int, int], Path] = {}
+        self.stack = [root]
+        self.dir_links: list[Path] = []
+        self.file_links: list[Path] = []
+
+    def run(self) -> list[Path]:
+        while self.stack or self.dir_links:
+            while self.stack:
+                self._scan(self.stack.pop())
+            if self.dir_links:
+                self._follow(self.dir_links.pop(0))
+        for path in self.file_links:
+            try:
+                self._file(path, path.stat())
+            except OSError as err:
+                self._stat_failed(path, err)
+        return sorted(self.files.values())
+
+    def _stat_failed(self, path: Path, err: OSError) -> None:
+        if isinstance(err, FileNotFoundError):
+            self.on_skip(shown(path), "broken link", "symbolic link to a missing file")
+        elif err.errno == errno.ELOOP:
+            self.on_skip(shown(path), "symlink loop", "symbolic link loop; not followed")
+        else:
+            self.on_skip(shown(path), "unreadable", f"cannot stat: {err.strerror}")
+
+    def _scan(self, d: Path) -> None:
         try:
             with os.scandir(d) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=True):
-                        stack.append(Path(e.path))
-                    elif e.name.lower().endswith(suffix):
-                        found.append(Path(e.path))
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
-            on_error(str(d), f"cannot read directory: {err.strerror or err}")
-    return iter(sorted(found))
+            self.on_skip(shown(d), "unreadable folder", f"cannot read directory: {err.strerror}")
+            return
+        subdirs = []
+        for e in entries:
+            path = Path(e.path)
+            try:
+                is_dir = e.is_dir()  # follows links; False for a broken one, a FIFO, ...
+                matches = not is_dir and e.name.lower().endswith(self.suffix)
+                if not is_dir and not matches:
+                    continue
+                bad_name = name_problem(e.name)
+                if bad_name:
+                    self.on_skip(shown(path), "bad name", bad_name)
+                elif is_dir and e.is_symlink():
+                    self.dir_links.append(path)
+                elif is_dir:
+                    st = e.stat()
+                    if self._first(self.dirs, st, path, "folder"):
+                        subdirs.append(path)
+                elif e.is_symlink():
+                    self.file_links.append(path)
+                else:
+                    self._file(path, e.stat())
+            except OSError as err:
+                self._stat_failed(path, err)
+        self.stack += reversed(subdirs)  # depth first, in name order
+
+    def _follow(self, link: Path) -> None:
+        """A symbolic link to a folder: walk its target unless that was walked already."""
+        try:
+            st = link.stat()
+        except OSError as err:
+            self._stat_failed(link, err)
+            return
+        seen = self.dirs.get((st.st_dev, st.st_ino))
+        if seen is None:
+            self.dirs[(st.st_dev, st.st_ino)] = link
+            self.stack.append(link)
+        elif Path(os.path.realpath(link.parent)).is_relative_to(os.path.realpath(link)):
+            self.on_skip(
+                shown(link),
+                "symlink loop",
+                f"symbolic link loop: points to {shown(os.path.realpath(link))}, a folder "
+                "that holds the link; not followed",
+            )
+        else:
+            self.on_skip(
+                shown(link),
+                "duplicate",
+                f"links to a folder already listed as {shown(seen)}; not followed",
+            )
+
+    def _file(self, path: Path, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+            self.on_skip(shown(path), "not a regular file", f"not a regular file ({kind})")
+        else:
+            self._first(self.files, st, path, "file")
+
+    def _first(self, seen: dict, st: os.stat_result, path: Path, what: str) -> bool:
+        """Record a real file or folder; False (and reported) if it was reached before."""
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            self.on_skip(
+                shown(path), "duplicate", f"the same {what} as {shown(seen[key])}; listed once"
+            )
+            return False
+        seen[key] = path
+        return True
+
+
+def find_audio(root: Path, ext: str, on_skip: OnSkip) -> list[Path]:
+    """Regular files under ``root`` (any depth, through symbolic links) whose suffix is
+    ``.ext``, each real file once, in sorted order.
+
+    Left out, each passed to ``on_skip(path, kind, detail)``: folders that cannot be listed,
+    symbolic link loops and second links to a folder or file already listed, broken links,
+    FIFOs, sockets and devices (opening a FIFO would wait forever), and names a manifest
+    cannot hold (a tab or line break, bytes that are not UTF-8).
+    """
+    return _Walk(root, "." + ext.lower().lstrip("."), on_skip).run()
 
 
 @dataclass
@@ -116,7 +258,7 @@ def _split(
     split = _Split()
     for path, res in zip(files, headers, strict=True):
         if isinstance(res, AudioProblem):
-            report.skipped.append((str(path), res.detail))
+            report.skip(shown(path), res.kind, res.detail)
             continue
         seconds = res.frames / res.sample_rate
         reason = _length_filter(seconds, min_seconds, max_seconds)
@@ -153,7 +295,9 @@ def build_manifests(
 
     The split is fairseq's: each file in order draws ``rng.random()`` and goes to valid when it
     is <= ``valid_percent``; with sorted order and a seed it is deterministic. Headers are read in
-    parallel threads; unreadable or empty files are skipped, counted and listed in the report.
+    parallel threads; unreadable or empty files are skipped, counted and listed in the report,
+    as are what `find_audio` leaves out (link loops, FIFOs and devices, names a manifest cannot
+    hold). ``dest`` that is a file, under a file or not writable is a `DataError` before the walk.
     ``decode`` decodes every file in full instead (catches truncated FLACs, whose header is
     intact, and NaN/Inf or all-zero audio), in the same threads.
     ``relative_root`` writes the root relative to ``dest`` (portable, for a committed corpus;
@@ -165,10 +309,11 @@ def build_manifests(
     if not 0.0 <= valid_percent <= 1.0:
         raise DataError(f"--valid-percent must be in [0, 1], got {valid_percent}")
     root = root.resolve()
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    if any(c in _UNHOLDABLE for c in str(root)):
+        raise DataError(f"{shown(root)}: the root's path holds a tab or line break")
+    dest = writable_dir(dest, "--dest")
     report = ManifestReport()
-    files = list(find_audio(root, ext, lambda p, why: report.skipped.append((p, why))))
+    files = find_audio(root, ext, report.skip)
     if not files and not report.skipped:
         raise DataError(f"{root}: no *.{ext} files found")
     headers = _read_headers(files, decode, workers, progress)

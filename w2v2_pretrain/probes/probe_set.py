@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from w2v2_pretrain.data.audio import normalize, read_audio
+from w2v2_pretrain.data.audio import normalize, read_audio, sample_problem
 from w2v2_pretrain.data.manifest import Manifest, read_manifest
-from w2v2_pretrain.errors import ConfigError, DataError
+from w2v2_pretrain.errors import ConfigError, DataError, one_line
+from w2v2_pretrain.logs import run_logger
+
+log = run_logger(__name__)
 
 SPLITS = ("valid", "train")
 MIN_CTC_UTTERANCES = 4  # fit and held-out each: fewer says nothing about characters
@@ -204,10 +207,25 @@ def _skipped(utterances: tuple[ProbeUtterance, ...]) -> dict[str, str]:
 
 def load_probe_audio(
     probe_set: ProbeSet, sample_rate: int = 16_000, normalize_input: bool = False
-) -> list[np.ndarray]:
-    """(L_i,) float32 samples of each utterance, at the model's rate and input contract."""
-    out = []
+) -> tuple[ProbeSet, list[np.ndarray]]:
+    """The probe set less the files that cannot be read (each named in a warning), and the
+    (L_i,) float32 samples of each of its utterances, at the model's rate and input contract."""
+    kept, out = [], []
     for u in probe_set.utterances:
-        wav = read_audio(u.path, sample_rate, expected_samples=u.num_samples, where=u.where)
+        try:
+            wav = read_audio(u.path, sample_rate, expected_samples=u.num_samples, where=u.where)
+        except DataError as e:
+            log.warning("probe set: left out %s", one_line(e))
+            continue
+        problem = sample_problem(wav)  # as the training loader refuses it
+        if problem is not None:
+            log.warning("probe set: left out %s: %s", u.where, problem.detail)
+            continue
+        kept.append(u)
         out.append(normalize(wav) if normalize_input else wav)
-    return out
+    if not kept:
+        raise DataError(f"{probe_set.manifest_dir}: no readable utterance for the probe set")
+    if len(kept) < len(probe_set.utterances):
+        utterances = tuple(kept)
+        probe_set = ProbeSet(probe_set.manifest_dir, utterances, _skipped(utterances))
+    return probe_set, out

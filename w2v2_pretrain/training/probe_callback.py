@@ -19,7 +19,8 @@ import pytorch_lightning as pl
 from typing_extensions import override
 
 from w2v2_pretrain.errors import ConfigError
-from w2v2_pretrain.probes.run import PROBES, ProbeConfig, ProbeReport
+from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio
+from w2v2_pretrain.probes.run import PROBES, ProbeConfig, ProbeReport, run_probes
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ class ProbeCallback(pl.Callback):
             return
         if self.manifest_dir is None:
             raise ConfigError("probe.manifest_dir: not set (a folder with valid.tsv/train.tsv)")
-        from w2v2_pretrain.probes.probe_set import build_probe_set
-
         self._probe_set = build_probe_set(
             self.manifest_dir,
             max_seconds=self.config.max_seconds,
@@ -112,12 +111,9 @@ class ProbeCallback(pl.Callback):
 
     def probe(self, model: Any, name: str = "model") -> ProbeReport:
         """One round on ``model`` (a `Wav2Vec2Model`; left in the mode it was in)."""
-        from w2v2_pretrain.probes.probe_set import load_probe_audio
-        from w2v2_pretrain.probes.run import run_probes
-
         if self._audio is None:
             contract = model.cfg.input
-            self._audio = load_probe_audio(
+            self._probe_set, self._audio = load_probe_audio(
                 self._probe_set, contract.sample_rate, contract.normalize
             )
         return run_probes(model, self._probe_set, self._audio, self.config, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -217,7 +218,9 @@ def reference(tmp_path_factory):
     return manifests, scalars(tmp / "run")
 
 
-def start(*overrides: str) -> subprocess.Popen:
+def start(*overrides: str, session: bool = False) -> subprocess.Popen:
+    """The CLI in the background; ``session``: in a process group of its own, as a scheduler
+    starts a job (signal it with ``os.killpg(proc.pid, ...)``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [*CLI, *overrides],
@@ -226,6 +229,7 @@ def start(*overrides: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=session,
     )
 
 
@@ -301,6 +305,64 @@ def test_sigterm_saves_at_the_current_update_and_requeue_continues(tmp_path, ref
     assert "continue with resume=true" in out
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == stopped >= 3
+    proc = run_cli(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_curve(run, ref)
+
+
+def group_send(proc: subprocess.Popen, sig: int) -> None:
+    os.killpg(proc.pid, sig)  # every process of the job: the loader's workers too
+
+
+def main_send(proc: subprocess.Popen, sig: int) -> None:
+    proc.send_signal(sig)
+
+
+@pytest.mark.parametrize(
+    "signals, status",
+    [
+        # SLURM / systemd (the whole group), and a second SIGTERM 0.3 s later
+        ([(group_send, signal.SIGTERM), (main_send, signal.SIGTERM)], 143),
+        ([(group_send, signal.SIGINT)], 130),  # Ctrl-C in the terminal
+        # each part of the first case on its own (it covers both)
+        pytest.param([(group_send, signal.SIGTERM)], 143, marks=pytest.mark.slow),
+        pytest.param(
+            [(main_send, signal.SIGTERM), (main_send, signal.SIGTERM)], 143, marks=pytest.mark.slow
+        ),
+    ],
+    ids=["sigterm-to-group-then-again", "ctrl-c-to-group", "sigterm-to-group", "two-sigterms"],
+)
+def test_signals_as_clusters_send_them_stop_at_an_update_and_resume_exactly(
+    tmp_path, reference, signals, status
+):
+    """With loader workers (2) and the job in its own process group: SIGTERM to the whole
+    group, SIGTERM twice 0.3 s apart, Ctrl-C to the group. Each stops after the current update
+    with last.ckpt at it, the summary and the resume=true hint, exit 128 + signal; the resumed
+    curve and its TensorBoard steps equal the uninterrupted run's."""
+    manifests, ref = reference
+    run = tmp_path / "run"
+    common = [
+        *RESUMABLE,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=14",
+        "callbacks.periodic.every_n_train_steps=3",
+        f"hydra.run.dir={run}",
+    ]
+    workers = ["data.num_workers=2", "data.persistent_workers=true"]
+    proc = start(*common, *workers, session=True)
+    wait_for(lambda: (run / "checkpoints" / "step0000003.ckpt").is_file(), proc)
+    time.sleep(random.uniform(0.0, 1.0))
+    for i, (send, sig) in enumerate(signals):
+        time.sleep(0.3 if i else 0.0)
+        send(proc, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    stopped = int(re.search(r"pretraining stopped by .* after (\d+) updates", out)[1])
+    assert "continue with resume=true" in out
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == (
+        stopped
+    ) >= 3
     proc = run_cli(*common, "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)

@@ -33,6 +33,7 @@ from w2v2_pretrain.training.module import Wav2Vec2Pretraining
 from w2v2_pretrain.training.quiet import quiet_lightning
 from w2v2_pretrain.training.resume import check_resume_checkpoint, find_resume_checkpoint
 from w2v2_pretrain.training.schedules import warmup_updates
+from w2v2_pretrain.training.signals import Interrupted, StopSignals
 
 log = run_logger(__name__)
 
@@ -52,7 +53,8 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     """Run-health warnings raised during the run."""
     stopped_by: str | None = None
-    """``SIGTERM`` when a scheduler stopped the run (a checkpoint was written)."""
+    """``SIGTERM`` (a scheduler) or ``SIGINT`` (Ctrl-C) when a signal stopped the run; in
+    training, after the current update and with a checkpoint."""
 
 
 def typed(cfg: DictConfig) -> RunConfig:
@@ -196,21 +198,21 @@ def train(cfg: DictConfig) -> TrainResult:
         # the whole composed config, once (the logger flattens it for the hparams table)
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     checkpoint_dir = Path(run.paths["checkpoint_dir"])
-    stopped_by = None
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        stopped_by = "SIGTERM"
-    except W2V2Error as e:
-        last = checkpoint_dir / "last.ckpt"
-        if last.is_file():
-            raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
-        raise
     metrics: dict[str, float] = {}
-    if stopped_by is None:
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
-    return _result(run, trainer, module, metrics, stopped_by)
+    with StopSignals() as stops:
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if stops.signal is None:
+                val = trainer.validate(module, datamodule=datamodule, verbose=False)
+                metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
+        except (SIGTERMException, Interrupted):
+            stops.signal = stops.signal or "SIGTERM"
+        except W2V2Error as e:
+            last = checkpoint_dir / "last.ckpt"
+            if last.is_file():
+                raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
+            raise
+    return _result(run, trainer, module, metrics if stops.signal is None else {}, stops.signal)
 
 
 def _result(

@@ -20,15 +20,17 @@ from w2v2_pretrain.configs import register_configs
 from w2v2_pretrain.paths import CONFIG_MODULE
 from w2v2_pretrain.train import TrainResult, train
 
-EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
+# 128 + the signal: the run stopped early (checkpointed), as schedulers and shells expect
+EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
 
 
 def summary(result: TrainResult) -> str:
     """What the user needs after a run: where everything is, the final validation beside
     chance, and any run-health warnings."""
     m = result.val_metrics
+    by = {"SIGINT": "Ctrl-C (SIGINT)"}.get(result.stopped_by or "", result.stopped_by)
     how = (
-        f"stopped by {result.stopped_by} after {result.global_step} updates (checkpointed; "
+        f"stopped by {by} after {result.global_step} updates (checkpointed; "
         "continue with resume=true and the same hydra.run.dir)"
         if result.stopped_by
         else f"finished after {result.global_step} updates"
@@ -73,8 +75,8 @@ def _main(cfg: DictConfig) -> None:
     result = train(cfg)
     if rank_zero_only.rank == 0:
         print(summary(result), flush=True)
-    if result.stopped_by == "SIGTERM":
-        sys.exit(EXIT_SIGTERM)
+    if result.stopped_by:
+        sys.exit(EXIT_STATUS[result.stopped_by])
 
 
 _KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -28,6 +29,7 @@ from helpers import (
 )
 from typing_extensions import override
 
+from w2v2_pretrain.errors import TrainingError
 from w2v2_pretrain.paths import REPO_ROOT
 from w2v2_pretrain.train import train
 
@@ -360,9 +362,11 @@ def test_signals_as_clusters_send_them_stop_at_an_update_and_resume_exactly(
     assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
     stopped = int(re.search(r"pretraining stopped by .* after (\d+) updates", out)[1])
     assert "continue with resume=true" in out
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == (
-        stopped
-    ) >= 3
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        == (stopped)
+        >= 3
+    )
     proc = run_cli(*common, "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)
@@ -425,6 +429,55 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(ckpts.glob(".*.tmp"))  # the stale temporary file is gone
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 14
+
+
+class RecordUpdates(pl.Callback):
+    """Records each finished update's loss and bad-update streak (test-side host reads)."""
+
+    losses: list[float] = []
+    streaks: list[int] = []
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, *args: object) -> None:
+        RecordUpdates.losses.append(float(outputs["loss"]))
+        RecordUpdates.streaks.append(int(pl_module._streak))
+
+
+def test_nonfinite_stop_is_exact_and_names_the_checkpoint_to_go_back_to(tmp_path, reference):
+    """A learning rate rising by 1 per update ruins the weights; max_bad_updates=3 non-finite
+    updates in a row stop the run at exactly the third (no logging step in between: the streak
+    is not read only when metrics are), and the advice names the newest checkpoint saved
+    before the first skipped update, whose weights gave a finite loss, and says a resume keeps
+    the lr."""
+    manifests, _ = reference
+    RecordUpdates.losses, RecordUpdates.streaks = [], []
+    cfg = compose_cfg(
+        [
+            *RESUMABLE,
+            f"data.manifest_dir={manifests}",
+            "trainer.max_steps=14",
+            "trainer.log_every_n_steps=50",
+            "optim.optimizer.lr=1e3",
+            "optim.scheduler.warmup=1000",  # 1, 2, 3, ...: ruined after a few updates
+            "optim.scheduler.total_steps=1000",
+            "max_bad_updates=3",
+            "callbacks.periodic.every_n_train_steps=1",
+            "+callbacks.record._target_=test_reliability.RecordUpdates",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(TrainingError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    first, last = map(int, re.search(r"updates (\d+) to (\d+)", message).groups())
+    streaks, losses = RecordUpdates.streaks, RecordUpdates.losses
+    assert last - first + 1 == 3 and len(streaks) == last  # update `last` raised, unfinished
+    assert streaks[first:last] == [1, 2] and streaks[first - 1] == 0
+    good = Path(re.search(r"go back to (\S+) \(update (\d+)", message)[1])
+    step = torch.load(good, weights_only=True)["global_step"]
+    assert step == first - 1 and math.isfinite(losses[step])  # the loss its weights gave
+    assert "a resume keeps the learning rate" in message and f"init_from={good}" in message
+    assert "\n" not in message
 
 
 # -- bad settings ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from w2v2_pretrain.checkpoint import ModelSource
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.errors import ConfigError, W2V2Error, one_line
+from w2v2_pretrain.errors import ConfigError, NonFiniteStop, TrainingError, W2V2Error, one_line
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.training.callbacks import AtomicCheckpointIO
@@ -207,12 +208,60 @@ def train(cfg: DictConfig) -> TrainResult:
                 metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
         except (SIGTERMException, Interrupted):
             stops.signal = stops.signal or "SIGTERM"
+        except NonFiniteStop as e:
+            raise TrainingError(nonfinite_advice(e, run)) from None
         except W2V2Error as e:
             last = checkpoint_dir / "last.ckpt"
             if last.is_file():
                 raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
             raise
     return _result(run, trainer, module, metrics if stops.signal is None else {}, stops.signal)
+
+
+def nonfinite_advice(stop: NonFiniteStop, run: RunConfig) -> str:
+    """What to do after ``max_bad_updates`` non-finite updates: which checkpoint to go back to
+    (the newest saved before the first skipped update: the weights after it are the ones that
+    gave the non-finite values, and last.ckpt holds them), which settings to change, and which
+    of them a resume can change."""
+    folder = Path(run.paths["checkpoint_dir"])
+    good = newest_checkpoint_before(folder, stop.first)
+    lr = run.optim["optimizer"].get("lr")
+    fresh = f"optim.optimizer.lr below {lr:g}" if isinstance(lr, float | int) else "a lower lr"
+    if good is None:
+        back = (
+            f"no checkpoint precedes update {stop.first}: start a new run (a new "
+            f"hydra.run.dir) with {fresh}"
+        )
+    else:
+        path, step = good
+        back = (
+            f"go back to {path} (update {step}, saved before the first skipped update; "
+            f"last.ckpt holds the weights that gave them): a resume keeps the learning rate "
+            f"(restored with the optimizer and its schedule), so lower it in a new run from "
+            f"those weights, init_from={path} {fresh} hydra.run.dir=NEW (fresh optimizer, "
+            f"schedule and step); trainer.gradient_clip_val does apply on resume "
+            f"(ckpt_path={path} trainer.gradient_clip_val=1.0)"
+        )
+    return (
+        f"{stop}; {back}. Also: bf16-mixed instead of 16-mixed, data.verify=decode (broken audio)"
+    )
+
+
+def newest_checkpoint_before(folder: Path, step: int) -> tuple[Path, int] | None:
+    """The checkpoint in ``folder`` with the highest global step below ``step``, and that step
+    (read without loading the weights: memory-mapped)."""
+    found = []
+    for path in folder.glob("*.ckpt"):
+        try:
+            saved = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not a candidate
+            continue
+        if isinstance(saved, dict) and saved.get("global_step", step) < step:
+            found.append((saved["global_step"], path.name, path))
+    if not found:
+        return None
+    best = max(found)
+    return best[2], best[0]
 
 
 def _result(

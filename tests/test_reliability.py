@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -508,6 +509,16 @@ def test_nonfinite_stop_is_exact_and_names_the_checkpoint_to_go_back_to(tmp_path
         ),
         (["ckpt_path=/nowhere.ckpt", "resume=true"], "error: ckpt_path and resume=true both"),
         (["data.audio_per_update=-3h"], "error: data.audio_per_update: must be positive"),
+        (
+            ["trainer.accumulate_grad_batches=0"],
+            "error: trainer.accumulate_grad_batches: must be a positive integer",
+        ),
+        (
+            ["trainer.accumulate_grad_batches=-40"],
+            "error: trainer.accumulate_grad_batches: must be a positive integer",
+        ),
+        (["max_bad_updates=0"], "error: max_bad_updates: must be at least 1, got 0"),
+        (["seed=-1"], "error: seed: must be in [0, 2**32), got -1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
@@ -518,6 +529,37 @@ def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
         assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     else:
         assert message in proc.stderr, proc.stderr[-2000:]
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+    """``folder`` made unwritable, for root too where the file system allows (chattr +i)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr +i: no folder is unwritable")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o700)
+
+
+def test_a_run_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    """hydra.run.dir that is a file, lies under a file, or is in a folder nobody may write."""
+    (tmp_path / "file").write_text("")
+    with unwritable(tmp_path / "locked") as locked:
+        for run_dir, cause in (
+            (tmp_path / "file", "File exists"),
+            (tmp_path / "file" / "run", "Not a directory"),
+            (locked / "run", "ermi"),  # Permission denied / Operation not permitted
+        ):
+            proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}")
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            line = last_error(proc)
+            assert line.startswith("error: hydra.run.dir: cannot write the run folder: ")
+            assert cause in line and str(run_dir) in line, line
 
 
 # -- bad checkpoints ------------------------------------------------------------------------

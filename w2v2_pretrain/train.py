@@ -68,6 +68,16 @@ def typed(cfg: DictConfig) -> RunConfig:
         )
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig), "train.yaml is composed onto run_schema"
+    for name in ("seed", "val_noise_seed", "fixed_noise_seed"):
+        value = getattr(run, name)
+        if value is not None and not 0 <= value < 2**32:
+            raise ConfigError(f"{name}: must be in [0, 2**32), got {value}")
+    if run.max_bad_updates < 1:
+        raise ConfigError(
+            f"max_bad_updates: must be at least 1, got {run.max_bad_updates} (updates in a row "
+            "skipped for non-finite values before the run stops; a large number in practice "
+            "never stops it)"
+        )
     if not run.init_from and _hydra_choice("experiment") == "continue_pretraining":
         raise ConfigError(
             "init_from is required by experiment=continue_pretraining: a transformers "

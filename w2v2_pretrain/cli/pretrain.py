@@ -72,12 +72,16 @@ def summary(result: TrainResult) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
+    global _started
+    _started = True
     result = train(cfg)
     if rank_zero_only.rank == 0:
         print(summary(result), flush=True)
     if result.stopped_by:
         sys.exit(EXIT_STATUS[result.stopped_by])
 
+
+_started = False  # the run began: an OSError after this is the run's, not the run folder's
 
 _KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
 
@@ -122,6 +126,12 @@ def main() -> None:
         if full_error:
             raise
         print(f"error: {composition_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if _started or full_error:
+            raise
+        # Hydra creates the run folder and its .hydra/ before the run starts
+        print(f"error: hydra.run.dir: cannot write the run folder: {e}", file=sys.stderr)
         sys.exit(2)
 
 

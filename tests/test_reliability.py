@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
@@ -30,9 +31,10 @@ from helpers import (
 )
 from typing_extensions import override
 
-from w2v2_pretrain.errors import TrainingError
+from w2v2_pretrain import atomic
+from w2v2_pretrain.errors import CheckpointWriteError, TrainingError
 from w2v2_pretrain.paths import REPO_ROOT
-from w2v2_pretrain.train import train
+from w2v2_pretrain.train import build, train
 
 MESSY = [
     "experiment=demo",
@@ -479,6 +481,74 @@ def test_nonfinite_stop_is_exact_and_names_the_checkpoint_to_go_back_to(tmp_path
     assert step == first - 1 and math.isfinite(losses[step])  # the loss its weights gave
     assert "a resume keeps the learning rate" in message and f"init_from={good}" in message
     assert "\n" not in message
+
+
+class FillingDisk:
+    """A file system with ``free`` bytes left: ``w2v2_pretrain.atomic``'s files write through to
+    disk until the bytes are used up, then ``write`` raises OSError(ENOSPC) as a full file
+    system does (part of the file already written)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.opened: list[str] = []  # every file the writer opened
+        self.full_at: int | None = None  # how many files had been opened when it filled
+
+    def open(self, path, mode="wb"):
+        disk, f = self, open(path, mode)  # noqa: SIM115 - closed by the writer's `with`
+        self.opened.append(Path(path).name)
+        real_write = f.write
+
+        def write(data) -> int:
+            size = len(memoryview(data).cast("B"))
+            if size > disk.free:
+                disk.full_at = disk.full_at or len(disk.opened)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            disk.free -= size
+            return real_write(data)
+
+        f.write = write
+        return f
+
+
+def test_a_disk_that_fills_during_a_save_stops_with_one_line_and_last_ckpt_intact(
+    tmp_path, reference, monkeypatch
+):
+    """The disk fills while a periodic checkpoint is written: one line naming the file and the
+    checkpoint that is intact (last.ckpt, whole, at the previous save), no temporary file left,
+    and no further write tried (no save-on-exception onto the full disk)."""
+    manifests, _ = reference
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg(
+        [
+            *RESUMABLE,
+            f"data.manifest_dir={manifests}",
+            "trainer.max_steps=14",
+            "callbacks.periodic.every_n_train_steps=2",
+        ],
+        run,
+    )
+    disk = FillingDisk(free=10**12)
+    monkeypatch.setattr(atomic, "open", disk.open, raising=False)
+    datamodule, module, trainer = build(cfg)
+    original = trainer.save_checkpoint
+
+    def save(*args, **kwargs):  # once update 2 is saved, room for half a checkpoint
+        if ckpt.is_file() and disk.free > 10**11:
+            disk.free = ckpt.stat().st_size // 2
+        return original(*args, **kwargs)
+
+    trainer.save_checkpoint = save
+    with pytest.raises(CheckpointWriteError) as caught:
+        trainer.fit(module, datamodule=datamodule)
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.__suppress_context__
+    assert message.startswith(f"{run / 'checkpoints' / 'step0000004.ckpt'}: not written: ")
+    assert "No space left on device" in message
+    assert f"{ckpt} (update 2) is intact" in message and "resume=true" in message
+    assert disk.opened[disk.full_at :] == []  # nothing written after the disk filled
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    assert not any((run / "checkpoints").glob(".*.tmp"))
 
 
 # -- bad settings ---------------------------------------------------------------------------

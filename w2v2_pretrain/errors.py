@@ -17,6 +17,11 @@ class TrainingError(W2V2Error):
     """A run that cannot go on (e.g. repeated non-finite updates); a checkpoint was written."""
 
 
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the message says which
+    checkpoint is intact."""
+
+
 class NonFiniteStop(TrainingError):
     """``max_bad_updates`` updates in a row were skipped (updates ``first`` to ``last``);
     `train` turns it into the advice, naming the checkpoint to go back to."""

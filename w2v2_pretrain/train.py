@@ -22,7 +22,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from w2v2_pretrain.checkpoint import ModelSource
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.errors import ConfigError, NonFiniteStop, TrainingError, W2V2Error, one_line
+from w2v2_pretrain.errors import (
+    CheckpointWriteError,
+    ConfigError,
+    NonFiniteStop,
+    TrainingError,
+    W2V2Error,
+    one_line,
+)
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.training.callbacks import AtomicCheckpointIO
@@ -220,6 +227,8 @@ def train(cfg: DictConfig) -> TrainResult:
             stops.signal = stops.signal or "SIGTERM"
         except NonFiniteStop as e:
             raise TrainingError(nonfinite_advice(e, run)) from None
+        except CheckpointWriteError:
+            raise  # it names the checkpoint that is intact
         except W2V2Error as e:
             last = checkpoint_dir / "last.ckpt"
             if last.is_file():

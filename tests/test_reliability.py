@@ -373,6 +373,8 @@ def test_signals_as_clusters_send_them_stop_at_an_update_and_resume_exactly(
     proc = run_cli(*common, "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)
+    first, second = sorted((run / "configs").glob("start-*.yaml"))  # every start's config
+    assert "resume: false" in first.read_text() and "resume: true" in second.read_text()
 
 
 class SigtermAt(pl.Callback):

@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.checkpoint import ModelSource
 from w2v2_pretrain.data.datamodule import AudioDataModule
 from w2v2_pretrain.errors import (
@@ -212,6 +213,8 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule, module, trainer = build(cfg, ckpt_path)
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module.cfg)
+    if trainer.is_global_zero:
+        record_start(cfg, Path(run.paths["output_dir"]), ckpt_path)
     if trainer.logger:
         # the whole composed config, once (the logger flattens it for the hparams table)
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -235,6 +238,18 @@ def train(cfg: DictConfig) -> TrainResult:
                 raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
             raise
     return _result(run, trainer, module, metrics if stops.signal is None else {}, stops.signal)
+
+
+def record_start(cfg: DictConfig, folder: Path, resumed_from: str | None) -> Path:
+    """Keep this start's composed config as ``configs/start-NNN.yaml`` in the run folder (Hydra
+    rewrites ``.hydra/config.yaml`` at every start, so it holds only the latest)."""
+    starts = folder / "configs"
+    n = 1 + max((int(p.stem.split("-")[1]) for p in starts.glob("start-*.yaml")), default=0)
+    path = starts / f"start-{n:03d}.yaml"
+    head = f"# start {n}: " + (f"resumed from {resumed_from}" if resumed_from else "a new run")
+    with atomic_open(path, "w") as f:
+        f.write(head + "\n" + OmegaConf.to_yaml(cfg, resolve=True))
+    return path
 
 
 def nonfinite_advice(stop: NonFiniteStop, run: RunConfig) -> str:

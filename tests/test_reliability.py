@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -27,8 +31,10 @@ from helpers import (
 )
 from typing_extensions import override
 
+from w2v2_pretrain import atomic
+from w2v2_pretrain.errors import CheckpointWriteError, TrainingError
 from w2v2_pretrain.paths import REPO_ROOT
-from w2v2_pretrain.train import train
+from w2v2_pretrain.train import build, train
 
 MESSY = [
     "experiment=demo",
@@ -218,7 +224,9 @@ def reference(tmp_path_factory):
     return manifests, scalars(tmp / "run")
 
 
-def start(*overrides: str) -> subprocess.Popen:
+def start(*overrides: str, session: bool = False) -> subprocess.Popen:
+    """The CLI in the background; ``session``: in a process group of its own, as a scheduler
+    starts a job (signal it with ``os.killpg(proc.pid, ...)``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [*CLI, *overrides],
@@ -227,6 +235,7 @@ def start(*overrides: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=session,
     )
 
 
@@ -307,6 +316,68 @@ def test_sigterm_saves_at_the_current_update_and_requeue_continues(tmp_path, ref
     same_curve(run, ref)
 
 
+def group_send(proc: subprocess.Popen, sig: int) -> None:
+    os.killpg(proc.pid, sig)  # every process of the job: the loader's workers too
+
+
+def main_send(proc: subprocess.Popen, sig: int) -> None:
+    proc.send_signal(sig)
+
+
+@pytest.mark.parametrize(
+    "signals, status",
+    [
+        # SLURM / systemd (the whole group), and a second SIGTERM 0.3 s later
+        ([(group_send, signal.SIGTERM), (main_send, signal.SIGTERM)], 143),
+        ([(group_send, signal.SIGINT)], 130),  # Ctrl-C in the terminal
+        # each part of the first case on its own (it covers both)
+        pytest.param([(group_send, signal.SIGTERM)], 143, marks=pytest.mark.slow),
+        pytest.param(
+            [(main_send, signal.SIGTERM), (main_send, signal.SIGTERM)], 143, marks=pytest.mark.slow
+        ),
+    ],
+    ids=["sigterm-to-group-then-again", "ctrl-c-to-group", "sigterm-to-group", "two-sigterms"],
+)
+def test_signals_as_clusters_send_them_stop_at_an_update_and_resume_exactly(
+    tmp_path, reference, signals, status
+):
+    """With loader workers (2) and the job in its own process group: SIGTERM to the whole
+    group, SIGTERM twice 0.3 s apart, Ctrl-C to the group. Each stops after the current update
+    with last.ckpt at it, the summary and the resume=true hint, exit 128 + signal; the resumed
+    curve and its TensorBoard steps equal the uninterrupted run's."""
+    manifests, ref = reference
+    run = tmp_path / "run"
+    common = [
+        *RESUMABLE,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=14",
+        "callbacks.periodic.every_n_train_steps=3",
+        f"hydra.run.dir={run}",
+    ]
+    workers = ["data.num_workers=2", "data.persistent_workers=true"]
+    proc = start(*common, *workers, session=True)
+    wait_for(lambda: (run / "checkpoints" / "step0000003.ckpt").is_file(), proc)
+    time.sleep(random.uniform(0.0, 1.0))
+    for i, (send, sig) in enumerate(signals):
+        time.sleep(0.3 if i else 0.0)
+        send(proc, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    stopped = int(re.search(r"pretraining stopped by .* after (\d+) updates", out)[1])
+    assert "continue with resume=true" in out
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        == (stopped)
+        >= 3
+    )
+    proc = run_cli(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_curve(run, ref)
+    first, second = sorted((run / "configs").glob("start-*.yaml"))  # every start's config
+    assert "resume: false" in first.read_text() and "resume: true" in second.read_text()
+
+
 class SigtermAt(pl.Callback):
     """Sends its own process SIGTERM at the end of update ``step``, as a scheduler might."""
 
@@ -366,6 +437,123 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 14
 
 
+class RecordUpdates(pl.Callback):
+    """Records each finished update's loss and bad-update streak (test-side host reads)."""
+
+    losses: list[float] = []
+    streaks: list[int] = []
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, *args: object) -> None:
+        RecordUpdates.losses.append(float(outputs["loss"]))
+        RecordUpdates.streaks.append(int(pl_module._streak))
+
+
+def test_nonfinite_stop_is_exact_and_names_the_checkpoint_to_go_back_to(tmp_path, reference):
+    """A learning rate rising by 1 per update ruins the weights; max_bad_updates=3 non-finite
+    updates in a row stop the run at exactly the third (no logging step in between: the streak
+    is not read only when metrics are), and the advice names the newest checkpoint saved
+    before the first skipped update, whose weights gave a finite loss, and says a resume keeps
+    the lr."""
+    manifests, _ = reference
+    RecordUpdates.losses, RecordUpdates.streaks = [], []
+    cfg = compose_cfg(
+        [
+            *RESUMABLE,
+            f"data.manifest_dir={manifests}",
+            "trainer.max_steps=14",
+            "trainer.log_every_n_steps=50",
+            "optim.optimizer.lr=1e3",
+            "optim.scheduler.warmup=1000",  # 1, 2, 3, ...: ruined after a few updates
+            "optim.scheduler.total_steps=1000",
+            "max_bad_updates=3",
+            "callbacks.periodic.every_n_train_steps=1",
+            "+callbacks.record._target_=test_reliability.RecordUpdates",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(TrainingError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    first, last = map(int, re.search(r"updates (\d+) to (\d+)", message).groups())
+    streaks, losses = RecordUpdates.streaks, RecordUpdates.losses
+    assert last - first + 1 == 3 and len(streaks) == last  # update `last` raised, unfinished
+    assert streaks[first:last] == [1, 2] and streaks[first - 1] == 0
+    good = Path(re.search(r"go back to (\S+) \(update (\d+)", message)[1])
+    step = torch.load(good, weights_only=True)["global_step"]
+    assert step == first - 1 and math.isfinite(losses[step])  # the loss its weights gave
+    assert "a resume keeps the learning rate" in message and f"init_from={good}" in message
+    assert "\n" not in message
+
+
+class FillingDisk:
+    """A file system with ``free`` bytes left: ``w2v2_pretrain.atomic``'s files write through to
+    disk until the bytes are used up, then ``write`` raises OSError(ENOSPC) as a full file
+    system does (part of the file already written)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.opened: list[str] = []  # every file the writer opened
+        self.full_at: int | None = None  # how many files had been opened when it filled
+
+    def open(self, path, mode="wb"):
+        disk, f = self, open(path, mode)  # noqa: SIM115 - closed by the writer's `with`
+        self.opened.append(Path(path).name)
+        real_write = f.write
+
+        def write(data) -> int:
+            size = len(memoryview(data).cast("B"))
+            if size > disk.free:
+                disk.full_at = disk.full_at or len(disk.opened)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            disk.free -= size
+            return real_write(data)
+
+        f.write = write
+        return f
+
+
+def test_a_disk_that_fills_during_a_save_stops_with_one_line_and_last_ckpt_intact(
+    tmp_path, reference, monkeypatch
+):
+    """The disk fills while a periodic checkpoint is written: one line naming the file and the
+    checkpoint that is intact (last.ckpt, whole, at the previous save), no temporary file left,
+    and no further write tried (no save-on-exception onto the full disk)."""
+    manifests, _ = reference
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg(
+        [
+            *RESUMABLE,
+            f"data.manifest_dir={manifests}",
+            "trainer.max_steps=14",
+            "callbacks.periodic.every_n_train_steps=2",
+        ],
+        run,
+    )
+    disk = FillingDisk(free=10**12)
+    monkeypatch.setattr(atomic, "open", disk.open, raising=False)
+    datamodule, module, trainer = build(cfg)
+    original = trainer.save_checkpoint
+
+    def save(*args, **kwargs):  # once update 2 is saved, room for half a checkpoint
+        if ckpt.is_file() and disk.free > 10**11:
+            disk.free = ckpt.stat().st_size // 2
+        return original(*args, **kwargs)
+
+    trainer.save_checkpoint = save
+    with pytest.raises(CheckpointWriteError) as caught:
+        trainer.fit(module, datamodule=datamodule)
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.__suppress_context__
+    assert message.startswith(f"{run / 'checkpoints' / 'step0000004.ckpt'}: not written: ")
+    assert "No space left on device" in message
+    assert f"{ckpt} (update 2) is intact" in message and "resume=true" in message
+    assert disk.opened[disk.full_at :] == []  # nothing written after the disk filled
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    assert not any((run / "checkpoints").glob(".*.tmp"))
+
+
 # -- bad settings ---------------------------------------------------------------------------
 
 
@@ -394,6 +582,16 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
         ),
         (["ckpt_path=/nowhere.ckpt", "resume=true"], "error: ckpt_path and resume=true both"),
         (["data.audio_per_update=-3h"], "error: data.audio_per_update: must be positive"),
+        (
+            ["trainer.accumulate_grad_batches=0"],
+            "error: trainer.accumulate_grad_batches: must be a positive integer",
+        ),
+        (
+            ["trainer.accumulate_grad_batches=-40"],
+            "error: trainer.accumulate_grad_batches: must be a positive integer",
+        ),
+        (["max_bad_updates=0"], "error: max_bad_updates: must be at least 1, got 0"),
+        (["seed=-1"], "error: seed: must be in [0, 2**32), got -1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
@@ -404,6 +602,37 @@ def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
         assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     else:
         assert message in proc.stderr, proc.stderr[-2000:]
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+    """``folder`` made unwritable, for root too where the file system allows (chattr +i)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr +i: no folder is unwritable")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o700)
+
+
+def test_a_run_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    """hydra.run.dir that is a file, lies under a file, or is in a folder nobody may write."""
+    (tmp_path / "file").write_text("")
+    with unwritable(tmp_path / "locked") as locked:
+        for run_dir, cause in (
+            (tmp_path / "file", "File exists"),
+            (tmp_path / "file" / "run", "Not a directory"),
+            (locked / "run", "ermi"),  # Permission denied / Operation not permitted
+        ):
+            proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}")
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            line = last_error(proc)
+            assert line.startswith("error: hydra.run.dir: cannot write the run folder: ")
+            assert cause in line and str(run_dir) in line, line
 
 
 # -- bad checkpoints ------------------------------------------------------------------------

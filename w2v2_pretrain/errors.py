@@ -17,6 +17,23 @@ class TrainingError(W2V2Error):
     """A run that cannot go on (e.g. repeated non-finite updates); a checkpoint was written."""
 
 
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the message says which
+    checkpoint is intact."""
+
+
+class NonFiniteStop(TrainingError):
+    """``max_bad_updates`` updates in a row were skipped (updates ``first`` to ``last``);
+    `train` turns it into the advice, naming the checkpoint to go back to."""
+
+    def __init__(self, first: int, last: int) -> None:
+        super().__init__(
+            f"{last - first + 1} updates in a row (updates {first} to {last}) were skipped for "
+            "non-finite loss or gradients or no usable audio"
+        )
+        self.first, self.last = first, last
+
+
 def one_line(exc: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it.
 

@@ -14,14 +14,23 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.checkpoint import ModelSource
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.errors import ConfigError, W2V2Error, one_line
+from w2v2_pretrain.errors import (
+    CheckpointWriteError,
+    ConfigError,
+    NonFiniteStop,
+    TrainingError,
+    W2V2Error,
+    one_line,
+)
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models import Wav2Vec2Config
 from w2v2_pretrain.training.callbacks import AtomicCheckpointIO
@@ -34,6 +43,7 @@ from w2v2_pretrain.training.probe_callback import probe_summary_lines
 from w2v2_pretrain.training.quiet import quiet_lightning
 from w2v2_pretrain.training.resume import check_resume_checkpoint, find_resume_checkpoint
 from w2v2_pretrain.training.schedules import warmup_updates
+from w2v2_pretrain.training.signals import Interrupted, StopSignals
 
 log = run_logger(__name__)
 
@@ -53,7 +63,8 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     """Run-health warnings raised during the run."""
     stopped_by: str | None = None
-    """``SIGTERM`` when a scheduler stopped the run (a checkpoint was written)."""
+    """``SIGTERM`` (a scheduler) or ``SIGINT`` (Ctrl-C) when a signal stopped the run; in
+    training, after the current update and with a checkpoint."""
     probe_lines: list[str] = field(default_factory=list)
     """The latest probe round's summary lines (empty when probes are off)."""
 
@@ -68,6 +79,16 @@ def typed(cfg: DictConfig) -> RunConfig:
         )
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig), "train.yaml is composed onto run_schema"
+    for name in ("seed", "val_noise_seed", "fixed_noise_seed"):
+        value = getattr(run, name)
+        if value is not None and not 0 <= value < 2**32:
+            raise ConfigError(f"{name}: must be in [0, 2**32), got {value}")
+    if run.max_bad_updates < 1:
+        raise ConfigError(
+            f"max_bad_updates: must be at least 1, got {run.max_bad_updates} (updates in a row "
+            "skipped for non-finite values before the run stops; a large number in practice "
+            "never stops it)"
+        )
     if not run.init_from and _hydra_choice("experiment") == "continue_pretraining":
         raise ConfigError(
             "init_from is required by experiment=continue_pretraining: a transformers "
@@ -195,25 +216,89 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule, module, trainer = build(cfg, ckpt_path)
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module.cfg)
+    if trainer.is_global_zero:
+        record_start(cfg, Path(run.paths["output_dir"]), ckpt_path)
     if trainer.logger:
         # the whole composed config, once (the logger flattens it for the hparams table)
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     checkpoint_dir = Path(run.paths["checkpoint_dir"])
-    stopped_by = None
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        stopped_by = "SIGTERM"
-    except W2V2Error as e:
-        last = checkpoint_dir / "last.ckpt"
-        if last.is_file():
-            raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
-        raise
     metrics: dict[str, float] = {}
-    if stopped_by is None:
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
-    return _result(run, trainer, module, metrics, stopped_by)
+    with StopSignals() as stops:
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if stops.signal is None:
+                val = trainer.validate(module, datamodule=datamodule, verbose=False)
+                metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
+        except (SIGTERMException, Interrupted):
+            stops.signal = stops.signal or "SIGTERM"
+        except NonFiniteStop as e:
+            raise TrainingError(nonfinite_advice(e, run)) from None
+        except CheckpointWriteError:
+            raise  # it names the checkpoint that is intact
+        except W2V2Error as e:
+            last = checkpoint_dir / "last.ckpt"
+            if last.is_file():
+                raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
+            raise
+    return _result(run, trainer, module, metrics if stops.signal is None else {}, stops.signal)
+
+
+def record_start(cfg: DictConfig, folder: Path, resumed_from: str | None) -> Path:
+    """Keep this start's composed config as ``configs/start-NNN.yaml`` in the run folder (Hydra
+    rewrites ``.hydra/config.yaml`` at every start, so it holds only the latest)."""
+    starts = folder / "configs"
+    n = 1 + max((int(p.stem.split("-")[1]) for p in starts.glob("start-*.yaml")), default=0)
+    path = starts / f"start-{n:03d}.yaml"
+    head = f"# start {n}: " + (f"resumed from {resumed_from}" if resumed_from else "a new run")
+    with atomic_open(path, "w") as f:
+        f.write(head + "\n" + OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def nonfinite_advice(stop: NonFiniteStop, run: RunConfig) -> str:
+    """What to do after ``max_bad_updates`` non-finite updates: which checkpoint to go back to
+    (the newest saved before the first skipped update: the weights after it are the ones that
+    gave the non-finite values, and last.ckpt holds them), which settings to change, and which
+    of them a resume can change."""
+    folder = Path(run.paths["checkpoint_dir"])
+    good = newest_checkpoint_before(folder, stop.first)
+    lr = run.optim["optimizer"].get("lr")
+    fresh = f"optim.optimizer.lr below {lr:g}" if isinstance(lr, float | int) else "a lower lr"
+    if good is None:
+        back = (
+            f"no checkpoint precedes update {stop.first}: start a new run (a new "
+            f"hydra.run.dir) with {fresh}"
+        )
+    else:
+        path, step = good
+        back = (
+            f"go back to {path} (update {step}, saved before the first skipped update; "
+            f"last.ckpt holds the weights that gave them): a resume keeps the learning rate "
+            f"(restored with the optimizer and its schedule), so lower it in a new run from "
+            f"those weights, init_from={path} {fresh} hydra.run.dir=NEW (fresh optimizer, "
+            f"schedule and step); trainer.gradient_clip_val does apply on resume "
+            f"(ckpt_path={path} trainer.gradient_clip_val=1.0)"
+        )
+    return (
+        f"{stop}; {back}. Also: bf16-mixed instead of 16-mixed, data.verify=decode (broken audio)"
+    )
+
+
+def newest_checkpoint_before(folder: Path, step: int) -> tuple[Path, int] | None:
+    """The checkpoint in ``folder`` with the highest global step below ``step``, and that step
+    (read without loading the weights: memory-mapped)."""
+    found = []
+    for path in folder.glob("*.ckpt"):
+        try:
+            saved = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not a candidate
+            continue
+        if isinstance(saved, dict) and saved.get("global_step", step) < step:
+            found.append((saved["global_step"], path.name, path))
+    if not found:
+        return None
+    best = max(found)
+    return best[2], best[0]
 
 
 def _result(

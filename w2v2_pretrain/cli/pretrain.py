@@ -20,15 +20,17 @@ from w2v2_pretrain.configs import register_configs
 from w2v2_pretrain.paths import CONFIG_MODULE
 from w2v2_pretrain.train import TrainResult, train
 
-EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as schedulers expect
+# 128 + the signal: the run stopped early (checkpointed), as schedulers and shells expect
+EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
 
 
 def summary(result: TrainResult) -> str:
     """What the user needs after a run: where everything is, the final validation beside
     chance, and any run-health warnings."""
     m = result.val_metrics
+    by = {"SIGINT": "Ctrl-C (SIGINT)"}.get(result.stopped_by or "", result.stopped_by)
     how = (
-        f"stopped by {result.stopped_by} after {result.global_step} updates (checkpointed; "
+        f"stopped by {by} after {result.global_step} updates (checkpointed; "
         "continue with resume=true and the same hydra.run.dir)"
         if result.stopped_by
         else f"finished after {result.global_step} updates"
@@ -72,12 +74,16 @@ def summary(result: TrainResult) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
+    global _started
+    _started = True
     result = train(cfg)
     if rank_zero_only.rank == 0:
         print(summary(result), flush=True)
-    if result.stopped_by == "SIGTERM":
-        sys.exit(EXIT_SIGTERM)
+    if result.stopped_by:
+        sys.exit(EXIT_STATUS[result.stopped_by])
 
+
+_started = False  # the run began: an OSError after this is the run's, not the run folder's
 
 _KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
 
@@ -122,6 +128,12 @@ def main() -> None:
         if full_error:
             raise
         print(f"error: {composition_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if _started or full_error:
+            raise
+        # Hydra creates the run folder and its .hydra/ before the run starts
+        print(f"error: hydra.run.dir: cannot write the run folder: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -22,6 +22,7 @@ from w2v2_pretrain.data.dataset import (
 from w2v2_pretrain.data.manifest import Manifest, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler
 from w2v2_pretrain.data.verify import Scan, load_record, verified_scan
+from w2v2_pretrain.data.workers import worker_init_fn
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models.config import Wav2Vec2Config
@@ -219,6 +220,7 @@ class AudioDataModule(pl.LightningDataModule):
             # the loader's own generator: creating an iterator must not consume the global RNG,
             # or a resumed run would draw different masks than an uninterrupted one
             generator=torch.Generator().manual_seed(self.cfg.seed),
+            worker_init_fn=worker_init_fn(self.trainer.global_rank if self.trainer else 0),
         )
 
     def train_dataloader(self) -> DataLoader:

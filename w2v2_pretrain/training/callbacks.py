@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, RichM
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 from typing_extensions import override
 
+from w2v2_pretrain.errors import CheckpointWriteError
 from w2v2_pretrain.model_files import atomic_save
 from w2v2_pretrain.models.flops import BASE_CROP_SECONDS, training_flops_per_audio_second
 
@@ -36,20 +37,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     writer stages the file in the system's temp folder and moves it, which is a plain copy when
     that is another file system, and never syncs. Loading is ``weights_only=True``: a
     checkpoint cannot run code when it is read.
+
+    A write that fails (a full disk, a quota, an I/O error) stops the run with one line that
+    says which checkpoint is intact; no further write is tried this run (Lightning's
+    save-on-exception would otherwise write two more files onto the full disk).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: str | None = None
+        self._last_step: int | None = None  # the update of this start's last whole last.ckpt
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_save(checkpoint, Path(path))
+        if self.failed:
+            return  # the run is stopping on that failure
+        path = Path(path)
+        try:
+            atomic_save(checkpoint, path)
+        except (OSError, RuntimeError) as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            self.failed = f"{path}: not written: {cause.strerror or cause}"
+            last = path.parent / "last.ckpt"
+            if self._last_step is not None:
+                intact = f"{last} (update {self._last_step}) is intact"
+            elif last.is_file():
+                intact = f"{last} is intact, as the previous start left it"
+            else:
+                intact = "no checkpoint was written before"
+            raise CheckpointWriteError(
+                f"{self.failed}; the run stopped and writes nothing more; {intact}; free "
+                "space, then continue with resume=true"
+            ) from None
+        if path.name == "last.ckpt":
+            self._last_step = int(checkpoint.get("global_step", 0))
 
     @override  # always weights-only, whatever Lightning asks for: nothing in a file runs code
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``: torch's zip writer reports a failed ``write`` (a full disk) as
+    a RuntimeError raised while handling it."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def _rich_available() -> bool:

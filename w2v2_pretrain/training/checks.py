@@ -107,6 +107,11 @@ def expected_masked(model: Wav2Vec2Config, num_frames: int, draws: int = 32) -> 
 def accumulation_for(data: DataConfig, trainer: pl.Trainer, requested: int) -> tuple[int, str]:
     """Gradient accumulation from ``data.audio_per_update`` (or as requested), and the line
     that says how much audio an update holds."""
+    if not isinstance(requested, int) or requested < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches: must be a positive integer (micro-batches per "
+            f"update), got {requested}"
+        )
     world, budget, rate = trainer.world_size, data.max_tokens, data.sample_rate
     per_pass = world * budget / rate  # seconds, at most, of one micro-batch on every device
     asked = data.audio_seconds_per_update

@@ -15,7 +15,7 @@ import torch
 from typing_extensions import override
 
 from w2v2_pretrain.data.dataset import BadFilePolicy, Batch
-from w2v2_pretrain.errors import DataError, TrainingError
+from w2v2_pretrain.errors import DataError, NonFiniteStop, TrainingError
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
 from w2v2_pretrain.models.noise import PerUtteranceNoise
@@ -112,6 +112,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         # skipped updates and files left out, so far (all ranks), and bad updates in a row
         self.register_buffer("_counters", torch.zeros(2, dtype=torch.float64), persistent=False)
         self.register_buffer("_streak", torch.zeros((), dtype=torch.float64), persistent=False)
+        self._streak_seen: torch.Tensor | None = None  # the last update's streak, on the host
+        self._streak_copied: torch.cuda.Event | None = None
         self._last_update_end: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
 
@@ -241,11 +243,12 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         """Let the optimizer step only if ``ok``; stop after ``max_bad_updates`` bad in a row.
 
         With a fused Adam/AdamW (``optim.optimizer.fused=true``, the default) the skip is the
-        optimizer's own ``found_inf`` flag, so the update reads nothing back from the device and
-        the streak is checked at logging steps; any other optimizer reads ``ok`` on the host
-        once per update and drops the gradients of a bad update (it then skips every
-        parameter). Under 16-mixed the grad scaler skips overflowing gradients itself and lowers
-        its scale, as usual; only a non-finite loss or an empty update counts as bad here.
+        optimizer's own ``found_inf`` flag, so the update reads nothing back from the device
+        unless a streak of bad updates is running (`_streak_if_running`); any other optimizer
+        reads ``ok`` on the host once per update and drops the gradients of a bad update (it
+        then skips every parameter). Under 16-mixed the grad scaler skips overflowing gradients
+        itself and lowers its scale, as usual; only a non-finite loss or an empty update counts
+        as bad here.
         """
         mine, self._update_bad_files = self._update_bad_files, ()
         if self.on_bad_file == BadFilePolicy.error and int(sums[_AT["bad_files"]]):
@@ -260,12 +263,12 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             )
         if _takes_found_inf(optimizer) and not self._grad_scaler():
             optimizer.found_inf = (~ok).float()
-            if (self.global_step + 1) % self.trainer.log_every_n_steps:
-                return  # the streak is read at logging steps, when metrics are read anyway
-        elif not bool(ok):
-            for p in params:
-                p.grad = None
-        streak = int(self._streak)
+            streak = self._streak_if_running()
+        else:
+            if not bool(ok):
+                for p in params:
+                    p.grad = None
+            streak = int(self._streak)
         if streak:
             run_log.warning(
                 "update %d skipped: non-finite loss or gradients, or no usable audio "
@@ -274,12 +277,30 @@ class Wav2Vec2Pretraining(pl.LightningModule):
                 streak,
             )
         if streak >= self.max_bad_updates:
-            raise TrainingError(
-                f"{streak} updates in a row were skipped for non-finite loss or gradients or no "
-                f"usable audio (last: update {self.global_step}); stopped with a checkpoint of "
-                "the last good weights. Try a lower optim.optimizer.lr, "
-                "trainer.gradient_clip_val, bf16 instead of 16-mixed, data.verify=decode"
-            )
+            raise NonFiniteStop(first=self.global_step - streak + 1, last=self.global_step)
+
+    def _streak_if_running(self) -> int:
+        """The bad-update streak including this update, read from the device only while one
+        is running; 0 when none was running before this update.
+
+        Each update queues a copy of its streak to host memory (non-blocking); the next update
+        reads that copy, so an update without a running streak waits for nothing. A streak's
+        first update is therefore seen one update late, which still stops at exactly
+        ``max_bad_updates`` (from 2 on; with 1 every update reads its own streak).
+        """
+        running = self.max_bad_updates <= 1
+        if self._streak_seen is not None:
+            if self._streak_copied is not None:
+                self._streak_copied.synchronize()  # the previous update's copy: long done
+            running |= bool(self._streak_seen.numpy() > 0)  # host memory: no device read
+        else:
+            pinned = self.device.type == "cuda"
+            self._streak_seen = torch.zeros((), dtype=torch.float64, pin_memory=pinned)
+        self._streak_seen.copy_(self._streak, non_blocking=True)
+        if self.device.type == "cuda":
+            self._streak_copied = torch.cuda.Event()
+            self._streak_copied.record()
+        return int(self._streak) if running else 0
 
     def _grad_scaler(self) -> Any:
         return getattr(self.trainer.precision_plugin, "scaler", None)

@@ -279,7 +279,7 @@ def test_probes_are_off_by_default(tmp_path):
 
     cfg = compose_cfg([*FAST[1:], f"data.manifest_dir={DEMO_MANIFESTS}"], tmp_path)
     assert cfg.probe.every_n_updates == 0
-    assert compose_cfg(FAST, tmp_path).probe.every_n_updates == 200  # the demo's
+    assert compose_cfg(["experiment=demo"], tmp_path).probe.every_n_updates == 200  # the demo's
     with pytest.raises(ConfigError, match="probe.ctc_stepz: unknown probe setting"):
         ProbeCallback({"every_n_updates": 1, "ctc_stepz": 3})
     with pytest.raises(ConfigError, match="probe.every_n_updates=-1"):

@@ -27,8 +27,7 @@ def _models(args: argparse.Namespace) -> list[tuple[str, object]]:
     return out
 
 
-@friendly_errors
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="w2v2-probe",
         description="Fit linear probes on frozen layers of each model (characters by CTC, "
@@ -63,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-seconds", type=float, default=240.0, help="audio in the probe set")
     p.add_argument("--seed", type=int, default=0, help="chooses the probe set (default 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if not args.models and not args.random_init:
-        raise ConfigError("no model: give MODEL paths and/or --random-init PRESET")
+    return p
 
+
+def _probe_all(args: argparse.Namespace) -> list:
+    """A `ProbeReport` per model, on one probe set (printed as it goes)."""
     from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio
-    from w2v2_pretrain.probes.report import format_table, write_json
     from w2v2_pretrain.probes.run import ProbeConfig, run_probes
 
     config = ProbeConfig(layers=args.layers, max_seconds=args.max_seconds, seed=args.seed)
@@ -94,6 +93,17 @@ def main(argv: list[str] | None = None) -> None:
         report = run_probes(model.to(args.device), readable, audio, config, name)
         print(f"{name}: {report.seconds:.1f} s", flush=True)
         reports.append(report)
+    return reports
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if not args.models and not args.random_init:
+        raise ConfigError("no model: give MODEL paths and/or --random-init PRESET")
+    from w2v2_pretrain.probes.report import format_table, write_json
+
+    reports = _probe_all(args)
     print()
     print(format_table(reports))
     chance = {k: v for rep in reports for k, v in rep.chance.items()}

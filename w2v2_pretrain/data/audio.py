@@ -112,6 +112,43 @@ def inspect_audio(path: str | Path, decode: bool = False) -> AudioInfo | AudioPr
     return AudioInfo(info.frames, info.samplerate, info.channels)
 
 
+def _decode_window(
+    path: str | Path,
+    where: str,
+    sample_rate: int,
+    resample: bool,
+    downmix: bool,
+    expected_samples: int | None,
+    crop: int | None,
+    start_of: Callable[[int], int] | None,
+) -> tuple[np.ndarray, AudioInfo, slice]:
+    """The decoded frames `read_audio` needs, at the file's own rate, (F, channels); the
+    file's header; and the part of the resampled result that is the window."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            info = AudioInfo(f.frames, f.samplerate, f.channels)
+            problem = format_problem(info, sample_rate, resample, downmix, expected_samples)
+            if problem:
+                raise DataError(f"{where}: {problem.detail}")
+            lo, hi, keep = _window(info, sample_rate, crop, start_of)
+            f.seek(lo)
+            wav = f.read(hi - lo, dtype="float32", always_2d=True)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{where}: file not found") from None
+    except Exception as e:
+        raise DataError(
+            f"{where}: unreadable audio: {_reason(e)} (corrupt, truncated or not audio?)"
+        ) from None
+    if len(wav) != hi - lo:
+        raise DataError(
+            f"{where}: unreadable audio: {lo + len(wav)} of {info.frames} samples decode "
+            "(corrupt, truncated or not audio?)"
+        )
+    return wav, info, keep
+
+
 def read_audio(
     path: str | Path,
     sample_rate: int = 16_000,
@@ -142,28 +179,9 @@ def read_audio(
         ``(L,)`` float32 samples.
     """
     where = where or str(path)
-    try:
-        with sf.SoundFile(str(path)) as f:
-            info = AudioInfo(f.frames, f.samplerate, f.channels)
-            problem = format_problem(info, sample_rate, resample, downmix, expected_samples)
-            if problem:
-                raise DataError(f"{where}: {problem.detail}")
-            lo, hi, keep = _window(info, sample_rate, crop, start_of)
-            f.seek(lo)
-            wav = f.read(hi - lo, dtype="float32", always_2d=True)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{where}: file not found") from None
-    except Exception as e:
-        raise DataError(
-            f"{where}: unreadable audio: {_reason(e)} (corrupt, truncated or not audio?)"
-        ) from None
-    if len(wav) != hi - lo:
-        raise DataError(
-            f"{where}: unreadable audio: {lo + len(wav)} of {info.frames} samples decode "
-            "(corrupt, truncated or not audio?)"
-        )
+    wav, info, keep = _decode_window(
+        path, where, sample_rate, resample, downmix, expected_samples, crop, start_of
+    )
     if info.channels > 1:
         wav = wav.mean(axis=1, keepdims=True)
     wav = wav[:, 0]

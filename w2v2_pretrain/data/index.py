@@ -199,18 +199,8 @@ class Manifest:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Parse and check a manifest; every problem is a `DataError` naming the file and line.
-
-    Checks the root exists, each line has two tab-separated columns, the length is a positive
-    integer and no file is listed twice (compared lexically: ``a/./b`` is ``a/b``). Paths are
-    not resolved, as fairseq does not: a sub-folder or file of the root that is a symbolic link
-    to elsewhere loads, and so do the ``../`` lines fairseq's ``wav2vec_manifest.py`` writes for
-    such a corpus (``relpath(realpath(file), root)``; `Manifest.outside` marks them). A line
-    that names no audio file (``../../etc/passwd``) is a bad file, named with its line, when
-    the set-up check or the dataset opens it. File existence is checked by the dataset.
-    """
-    path = Path(path)
+def _read_head(path: Path) -> tuple[bytes, Path, int]:
+    """The manifest's bytes, its root (checked to be a folder) and where its entries start."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -232,6 +222,22 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     root = root.resolve()
     if not root.is_dir():
         raise DataError(f"{path}:1: root {root} does not exist or is not a directory")
+    return raw, root, body_start
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse and check a manifest; every problem is a `DataError` naming the file and line.
+
+    Checks the root exists, each line has two tab-separated columns, the length is a positive
+    integer and no file is listed twice (compared lexically: ``a/./b`` is ``a/b``). Paths are
+    not resolved, as fairseq does not: a sub-folder or file of the root that is a symbolic link
+    to elsewhere loads, and so do the ``../`` lines fairseq's ``wav2vec_manifest.py`` writes for
+    such a corpus (``relpath(realpath(file), root)``; `Manifest.outside` marks them). A line
+    that names no audio file (``../../etc/passwd``) is a bad file, named with its line, when
+    the set-up check or the dataset opens it. File existence is checked by the dataset.
+    """
+    path = Path(path)
+    raw, root, body_start = _read_head(path)
     data = np.frombuffer(raw, dtype=np.uint8)
     if (data[body_start:] >= 0x80).any():
         try:

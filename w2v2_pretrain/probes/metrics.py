@@ -152,6 +152,41 @@ def warm_start(frames: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return torch.linalg.solve(gram, x.T @ y).to(frames.dtype)
 
 
+def _fit_ctc(
+    layer: torch.nn.Linear,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: Sequence[list[int]],
+    budget: LinearBudget,
+) -> torch.Tensor:
+    """``budget.steps`` full-batch AdamW steps of ``layer`` on the CTC loss per target
+    character; the last loss.
+
+    Shape:
+        x: (N, T, D), lengths: (N,) -> ()
+    """
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    flat = torch.tensor([c for t in targets for c in t], dtype=torch.long, device=x.device)
+    opt = torch.optim.AdamW(layer.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    loss = torch.zeros(())
+    with torch.enable_grad():
+        for _ in range(budget.steps):
+            log_probs = layer(x).log_softmax(-1).transpose(0, 1)  # (T, N, V+1)
+            loss = F.ctc_loss(
+                log_probs,
+                flat,
+                lengths,
+                target_lengths,
+                blank=0,
+                reduction="sum",
+                zero_infinity=True,
+            ) / target_lengths.sum().clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return loss
+
+
 def ctc_probe(
     fit: Sequence[torch.Tensor],
     fit_texts: Sequence[str],
@@ -181,29 +216,11 @@ def ctc_probe(
     w = warm_start((frames - mean) * inv, labels.to(device), len(vocab)) * WARM_SCALE
     x, lengths = _pad(fit)  # (N, T, D)
     x = (x - mean) * inv
-    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    flat_targets = torch.tensor([c for t in targets for c in t], dtype=torch.long, device=device)
     layer = torch.nn.Linear(x.shape[-1], len(vocab)).to(device)
     with torch.no_grad():
         layer.weight.copy_(w[:-1].T)
         layer.bias.copy_(w[-1])
-    opt = torch.optim.AdamW(layer.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    loss = torch.zeros(())
-    with torch.enable_grad():
-        for _ in range(budget.steps):
-            log_probs = layer(x).log_softmax(-1).transpose(0, 1)  # (T, N, V+1)
-            loss = F.ctc_loss(
-                log_probs,
-                flat_targets,
-                lengths,
-                target_lengths,
-                blank=0,
-                reduction="sum",
-                zero_infinity=True,
-            ) / target_lengths.sum().clamp_min(1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    loss = _fit_ctc(layer, x, lengths, targets, budget)
     hyps = []
     with torch.no_grad():
         for f in test:

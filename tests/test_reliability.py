@@ -706,6 +706,58 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, trained):
     assert proc.returncode == 2 and "last.ckpt: not a readable checkpoint" in last_error(proc)
 
 
+def test_a_resume_says_which_changed_settings_take_effect(tmp_path, trained):
+    """A resume (here of a checkpoint copied to another run folder) with a changed lr, max_steps
+    (and with it the schedule's total_steps), batch size and masking: one line each, saying
+    whether it takes effect; the lr indeed stays the checkpoint's (restored with the optimizer
+    and its schedule), while the new schedule applies from the update after the resumed one."""
+    manifests, good = trained  # 2 updates at lr 1e-3, linear decay to 0 at update 2
+    run = tmp_path / "run"
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        "trainer.limit_val_batches=0",
+        f"ckpt_path={good}",
+        "optim.optimizer.lr=5e-4",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "data.max_tokens=120000",
+        "model.masking.mask_prob=0.4",
+        f"hydra.run.dir={run}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [
+        line.split(" - ", 1)[1]
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "changed since the checkpoint:" in line
+    ]
+    begin = "changed since the checkpoint: "
+    assert said == [
+        f"{begin}model.masking.mask_prob: 0.5 -> 0.4: takes effect (a training setting; the "
+        "weights are the same)",
+        f"{begin}data.max_tokens: 320000 -> 120000: takes effect, but the batches, their order "
+        "or the updates change: the resumed run does not continue the checkpoint's exactly (the "
+        "epoch in progress goes on after as many of the new batches as it had done)",
+        f"{begin}optim.optimizer.lr: 0.001 -> 0.0005: does not take effect: the optimizer's "
+        "settings are restored from the checkpoint with its state (and the LR schedule scales "
+        f"the restored lr); to train with it, start a new run from these weights: init_from="
+        f"{good} hydra.run.dir=NEW (fresh optimizer, schedule and step)",
+        f"{begin}optim.scheduler.total_steps: 2 -> 4: takes effect from update 3 on: the "
+        "schedule is the new one, of the step, scaled by the checkpoint's optim.optimizer.lr "
+        "(update 2, the first after the resume, keeps the LR the checkpoint's schedule set)",
+        f"{begin}trainer.log_every_n_steps: 10 -> 1: takes effect",
+        f"{begin}trainer.max_steps: 2 -> 4: takes effect",
+    ]
+    assert "pretraining finished after 4 updates" in proc.stdout
+    # update 2: the old schedule's 0 (it ended at 2); update 3: 1e-3 x (1 - 3/4), not 5e-4 x
+    lr = dict(scalars(run)["train/lr"])
+    assert lr[2] == 0 and lr[3] == pytest.approx(2.5e-4, rel=1e-6)
+    # the run's checkpoints record the lr it trains with
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["run_config"]
+    assert saved["optim"]["optimizer"]["lr"] == 1e-3
+    assert saved["trainer"]["max_steps"] == 4
+
+
 def test_export_and_extract_refuse_code_carrying_files(tmp_path):
     """w2v2-export and w2v2-extract load with weights_only=True: a file that would run code
     when unpickled is refused with one line, and the code does not run."""

@@ -116,6 +116,9 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self._streak_copied: torch.cuda.Event | None = None
         self._last_update_end: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
+        self.run_config: dict[str, Any] | None = None
+        """The run's resolved config as plain data (set by ``train``): kept in checkpoints under
+        ``run_config``, so a resume can say which settings changed (training/resume.py)."""
 
     def configure_model(self) -> None:
         if self.compile and not hasattr(self.model.context_network, "_orig_mod"):
@@ -419,6 +422,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             state["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = state
         checkpoint["run_counters"] = self._counters.cpu()
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training starts, after everything else that set up the run drew numbers

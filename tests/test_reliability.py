@@ -227,6 +227,8 @@ def start(*overrides: str, session: bool = False) -> subprocess.Popen:
     """The CLI in the background; ``session``: in a process group of its own, as a scheduler
     starts a job (signal it with ``os.killpg(proc.pid, ...)``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # callbacks of this module can be given to the CLI (+callbacks.NAME._target_=...)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [*CLI, *overrides],
         cwd=REPO_ROOT,
@@ -407,6 +409,64 @@ def test_sigterm_after_an_epochs_last_batch_resumes_exactly(tmp_path, reference)
     proc = run_cli(*common, f"hydra.run.dir={run}", "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)
+
+
+class HoldValidation(pl.Callback):
+    """After the first batch of the first validation in training, writes ``marker`` and waits
+    (a minute at most) for a stop signal: the test's SIGTERM then lands inside the validation,
+    with batches left to go."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: object, **kwargs: object):
+        if trainer.sanity_checking or self.marker.exists():
+            return
+        self.marker.touch()
+        deadline = time.monotonic() + 60
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def test_a_validation_interrupted_by_sigterm_is_redone_after_the_resume(tmp_path, trained):
+    """SIGTERM while the validation at update 2 runs (its first of 3 batches done): the run
+    stops with last.ckpt at update 2 and exit 143; after resume=true that validation is run
+    again, whole, before update 3: val/loss at its step in TensorBoard, and best.ckpt is the
+    checkpoint of that validation."""
+    manifests, _ = trained
+    run = tmp_path / "run"
+    common = [
+        *FAST,
+        f"data.manifest_dir={manifests}",  # 6 clips: 3 batches of 2, for training and validation
+        "data.max_tokens=80000",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        f"hydra.run.dir={run}",
+    ]
+    marker = tmp_path / "in-validation"
+    hold = ["+callbacks.hold._target_=test_reliability.HoldValidation"]
+    proc = start(*common, *hold, f"+callbacks.hold.marker={marker}")
+    wait_for(marker.exists, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "pretraining stopped by SIGTERM after 2 updates" in out
+    assert not (run / "checkpoints" / "best.ckpt").exists()  # the validation did not finish
+    assert "val/loss" not in scalars(run)
+
+    proc = run_cli(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = scalars(run)
+    # step 1: the validation after update 2 (the step of that update's training values, as in
+    # an uninterrupted run); step 3: the final validation
+    val = dict(got["val/loss"])
+    assert sorted(val) == [1, 3] and [s for s, _ in got["train/loss"]] == [0, 1, 2]
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == 2
+    (state,) = [v for k, v in best["callbacks"].items() if "'monitor': 'val/loss'" in k]
+    assert float(state["best_model_score"]) == pytest.approx(val[1], rel=1e-6)
 
 
 def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, reference):

@@ -228,6 +228,8 @@ def start(*overrides: str, session: bool = False) -> subprocess.Popen:
     """The CLI in the background; ``session``: in a process group of its own, as a scheduler
     starts a job (signal it with ``os.killpg(proc.pid, ...)``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # callbacks of this module can be given to the CLI (+callbacks.NAME._target_=...)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [*CLI, *overrides],
         cwd=REPO_ROOT,
@@ -408,6 +410,64 @@ def test_sigterm_after_an_epochs_last_batch_resumes_exactly(tmp_path, reference)
     proc = run_cli(*common, f"hydra.run.dir={run}", "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_curve(run, ref)
+
+
+class HoldValidation(pl.Callback):
+    """After the first batch of the first validation in training, writes ``marker`` and waits
+    (a minute at most) for a stop signal: the test's SIGTERM then lands inside the validation,
+    with batches left to go."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: object, **kwargs: object):
+        if trainer.sanity_checking or self.marker.exists():
+            return
+        self.marker.touch()
+        deadline = time.monotonic() + 60
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def test_a_validation_interrupted_by_sigterm_is_redone_after_the_resume(tmp_path, trained):
+    """SIGTERM while the validation at update 2 runs (its first of 3 batches done): the run
+    stops with last.ckpt at update 2 and exit 143; after resume=true that validation is run
+    again, whole, before update 3: val/loss at its step in TensorBoard, and best.ckpt is the
+    checkpoint of that validation."""
+    manifests, _ = trained
+    run = tmp_path / "run"
+    common = [
+        *FAST,
+        f"data.manifest_dir={manifests}",  # 6 clips: 3 batches of 2, for training and validation
+        "data.max_tokens=80000",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        f"hydra.run.dir={run}",
+    ]
+    marker = tmp_path / "in-validation"
+    hold = ["+callbacks.hold._target_=test_reliability.HoldValidation"]
+    proc = start(*common, *hold, f"+callbacks.hold.marker={marker}")
+    wait_for(marker.exists, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "pretraining stopped by SIGTERM after 2 updates" in out
+    assert not (run / "checkpoints" / "best.ckpt").exists()  # the validation did not finish
+    assert "val/loss" not in scalars(run)
+
+    proc = run_cli(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = scalars(run)
+    # step 1: the validation after update 2 (the step of that update's training values, as in
+    # an uninterrupted run); step 3: the final validation
+    val = dict(got["val/loss"])
+    assert sorted(val) == [1, 3] and [s for s, _ in got["train/loss"]] == [0, 1, 2]
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == 2
+    (state,) = [v for k, v in best["callbacks"].items() if "'monitor': 'val/loss'" in k]
+    assert float(state["best_model_score"]) == pytest.approx(val[1], rel=1e-6)
 
 
 def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, reference):
@@ -705,6 +765,58 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, trained):
     (run / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
     proc = run_cli(*base, "resume=true", f"hydra.run.dir={run}")
     assert proc.returncode == 2 and "last.ckpt: not a readable checkpoint" in last_error(proc)
+
+
+def test_a_resume_says_which_changed_settings_take_effect(tmp_path, trained):
+    """A resume (here of a checkpoint copied to another run folder) with a changed lr, max_steps
+    (and with it the schedule's total_steps), batch size and masking: one line each, saying
+    whether it takes effect; the lr indeed stays the checkpoint's (restored with the optimizer
+    and its schedule), while the new schedule applies from the update after the resumed one."""
+    manifests, good = trained  # 2 updates at lr 1e-3, linear decay to 0 at update 2
+    run = tmp_path / "run"
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        "trainer.limit_val_batches=0",
+        f"ckpt_path={good}",
+        "optim.optimizer.lr=5e-4",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "data.max_tokens=120000",
+        "model.masking.mask_prob=0.4",
+        f"hydra.run.dir={run}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [
+        line.split(" - ", 1)[1]
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "changed since the checkpoint:" in line
+    ]
+    begin = "changed since the checkpoint: "
+    assert said == [
+        f"{begin}model.masking.mask_prob: 0.5 -> 0.4: takes effect (a training setting; the "
+        "weights are the same)",
+        f"{begin}data.max_tokens: 320000 -> 120000: takes effect, but the batches, their order "
+        "or the updates change: the resumed run does not continue the checkpoint's exactly (the "
+        "epoch in progress goes on after as many of the new batches as it had done)",
+        f"{begin}optim.optimizer.lr: 0.001 -> 0.0005: does not take effect: the optimizer's "
+        "settings are restored from the checkpoint with its state (and the LR schedule scales "
+        f"the restored lr); to train with it, start a new run from these weights: init_from="
+        f"{good} hydra.run.dir=NEW (fresh optimizer, schedule and step)",
+        f"{begin}optim.scheduler.total_steps: 2 -> 4: takes effect from update 3 on: the "
+        "schedule is the new one, of the step, scaled by the checkpoint's optim.optimizer.lr "
+        "(update 2, the first after the resume, keeps the LR the checkpoint's schedule set)",
+        f"{begin}trainer.log_every_n_steps: 10 -> 1: takes effect",
+        f"{begin}trainer.max_steps: 2 -> 4: takes effect",
+    ]
+    assert "pretraining finished after 4 updates" in proc.stdout
+    # update 2: the old schedule's 0 (it ended at 2); update 3: 1e-3 x (1 - 3/4), not 5e-4 x
+    lr = dict(scalars(run)["train/lr"])
+    assert lr[2] == 0 and lr[3] == pytest.approx(2.5e-4, rel=1e-6)
+    # the run's checkpoints record the lr it trains with
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["run_config"]
+    assert saved["optim"]["optimizer"]["lr"] == 1e-3
+    assert saved["trainer"]["max_steps"] == 4
 
 
 def test_export_and_extract_refuse_code_carrying_files(tmp_path):

@@ -214,8 +214,10 @@ def train(cfg: DictConfig) -> TrainResult:
     ckpt_path = find_resume_checkpoint(run)
     pl.seed_everything(run.seed, workers=True)
     datamodule, module, trainer = build(cfg, ckpt_path)
+    # plain data: checkpoints load with weights_only=True
+    module.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if ckpt_path:
-        check_resume_checkpoint(ckpt_path, module.cfg)
+        module.run_config = check_resume_checkpoint(ckpt_path, module.cfg, module.run_config)
     if trainer.is_global_zero:
         record_start(cfg, Path(run.paths["output_dir"]), ckpt_path)
     if trainer.logger:

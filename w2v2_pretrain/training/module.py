@@ -116,6 +116,9 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self._streak_copied: torch.cuda.Event | None = None
         self._last_update_end: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
+        self.run_config: dict[str, Any] | None = None
+        """The run's resolved config as plain data (set by ``train``): kept in checkpoints under
+        ``run_config``, so a resume can say which settings changed (training/resume.py)."""
 
     def configure_model(self) -> None:
         if self.compile and not hasattr(self.model.context_network, "_orig_mod"):
@@ -419,11 +422,21 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             state["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = state
         checkpoint["run_counters"] = self._counters.cpu()
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+        # a stop signal inside a validation of training (the save-on-exception checkpoint):
+        # the resume runs it again (`_redo_interrupted_validation`)
+        trainer = self._trainer
+        in_validation = self._val is not None and trainer is not None
+        if in_validation and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            checkpoint["validation_interrupted"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training starts, after everything else that set up the run drew numbers
         self._rng_to_restore = checkpoint.get("rng_states")
         _forget_finished_epochs_batches(checkpoint)
+        if checkpoint.get("validation_interrupted"):
+            _redo_interrupted_validation(checkpoint)
         if "run_counters" in checkpoint:
             self._counters.copy_(checkpoint["run_counters"])
 
@@ -484,3 +497,32 @@ def _forget_finished_epochs_batches(checkpoint: dict[str, Any]) -> None:
     if epochs["current"]["started"] == epochs["current"]["completed"]:
         batches["current"] = dict.fromkeys(batches["current"], 0)
         batches["is_last_batch"] = False
+
+
+def _redo_interrupted_validation(checkpoint: dict[str, Any]) -> None:
+    """Make Lightning run again, whole, the validation a stop signal interrupted.
+
+    Lightning raises its SIGTERM stop at the end of a validation batch
+    (``_EvaluationLoop._evaluation_step``), so the checkpoint's validation progress has every
+    started batch completed, and its training progress every batch completed: the state it
+    also has when a checkpoint is saved at the end of a whole validation. On restart
+    ``_TrainingEpochLoop.advance`` therefore takes the validation as done ("saved on last") and
+    skips it; it runs a validation again only when ``restarted_mid_evaluation``, which needs a
+    validation batch started and not processed. See ``advance`` and
+    ``_EvaluationLoop.update_restart_stage``:
+    https://github.com/Lightning-AI/pytorch-lightning/blob/2.6.6/src/lightning/pytorch/loops/training_epoch_loop.py
+    So the progress is given that form, with no batch of this validation counted as done: its
+    sums are not in the checkpoint, and a validation resumed from the saved progress would run
+    only its remaining batches (https://github.com/Lightning-AI/pytorch-lightning/issues/19549).
+    The validation then runs from its first batch, at the same update and TensorBoard step,
+    and best.ckpt and the run-health checks see it.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_loop.val_loop.batch_progress")
+    if not progress:
+        return
+    started = max(1, progress["total"]["started"])
+    progress["total"] = {"ready": started, "started": started}
+    progress["total"] |= {"processed": started - 1, "completed": started - 1}
+    progress["current"] = dict.fromkeys(progress["current"], 0)
+    progress["is_last_batch"] = False

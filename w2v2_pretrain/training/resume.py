@@ -1,4 +1,5 @@
-"""Continuing a run: which checkpoint, and whether it fits the run's model.
+"""Continuing a run: which checkpoint, whether it fits the run's model, and what a resume
+with changed settings changes.
 
 The rest of exact resumption lives where its state does: the module's RNG capture and loop
 progress fix (training/module.py), the sampler's mid-epoch position (data/sampler.py, fed by
@@ -8,9 +9,10 @@ progress fix (training/module.py), the sampler's mid-epoch position (data/sample
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from w2v2_pretrain.atomic import unfinished
-from w2v2_pretrain.checkpoint import config_differences
+from w2v2_pretrain.checkpoint import ARCHITECTURE, config_differences
 from w2v2_pretrain.errors import ConfigError, DataError
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.model_files import check_weights_fit, load_file, read_ours
@@ -48,20 +50,139 @@ def find_resume_checkpoint(run: RunConfig) -> str | None:
     return None
 
 
-def check_resume_checkpoint(path: str, model: Wav2Vec2Config) -> None:
+def check_resume_checkpoint(
+    path: str, model: Wav2Vec2Config, run: dict[str, Any]
+) -> dict[str, Any]:
     """A one-line error unless ``path`` is a readable training checkpoint whose weights fit
-    ``model``; model settings that differ without changing the weights are listed."""
+    ``model`` (and whose architecture is ``model``'s); then one line per setting that differs
+    from the checkpoint's (``run``: this start's resolved config), saying whether it takes
+    effect. Returns the run config to record in this run's checkpoints (`say_changes`)."""
     obj = load_file(path, "checkpoint")
     if "loops" not in obj or "model" not in (obj.get("hyper_parameters") or {}):
         raise DataError(f"{path}: not a w2v2-pretrain training checkpoint")
     saved, state, _ = read_ours(path, obj)
     changed = config_differences(saved, model)
+    # the same weights can fit another network (layer_norm_first, layer_norm_eps): refused too
+    fits = not any(c.split(":")[0].removeprefix("model.") in ARCHITECTURE for c in changed)
     try:
         check_weights_fit(model, state, path)
     except DataError:
+        fits = False
+    if not fits:
         raise DataError(
             f"{path}: trained with other model settings ({'; '.join(changed[:4])}); resume "
             "with the run's own model config"
-        ) from None
-    if changed:
-        log.warning("resuming %s with changed model settings: %s", path, "; ".join(changed))
+        )
+    for line in changed:  # training settings only (dropout, masking, loss weights, ...)
+        log.info("%s %s: takes effect (a training setting; the weights are the same)", SAID, line)
+    return say_changes(obj, path, run)
+
+
+def say_changes(checkpoint: dict[str, Any], path: str, run: dict[str, Any]) -> dict[str, Any]:
+    """One line per run setting that differs from the one the checkpoint recorded.
+
+    Returns ``run`` with the settings a resume restores from the checkpoint
+    (``optim.optimizer``) as the checkpoint has them: what this run's checkpoints record, so
+    the record says what the run trains with."""
+    before = checkpoint.get("run_config")
+    if before is None:
+        log.info(
+            "%s records no run config (an earlier version wrote it): only its model settings "
+            "were compared",
+            path,
+        )
+        return run
+    step = int(checkpoint.get("global_step", 0))
+    for key, old, new in run_config_differences(before, run):
+        warn, effect = resume_effect(key, step, path)
+        (log.warning if warn else log.info)("%s %s: %s -> %s: %s", SAID, key, old, new, effect)
+    kept = dict(run)
+    if isinstance(before.get("optim"), dict) and isinstance(run.get("optim"), dict):
+        kept["optim"] = {**run["optim"], "optimizer": before["optim"].get("optimizer")}
+    return kept
+
+
+SAID = "changed since the checkpoint:"  # how each line begins
+# not compared: how the run is continued, and where it writes (a checkpoint copied to another
+# run folder resumes there)
+_NOT_COMPARED = (
+    "ckpt_path",
+    "resume",
+    "init_from",
+    "init_temperature",
+    "model",
+    "paths",
+    "logger",
+)
+# settings that change the batches, their order or the updates they make: they take effect,
+# but the resumed run no longer continues the checkpoint's exactly
+_NOT_EXACT = (  # and every data.* but those of _DATA_ONLY_HOW
+    "seed",
+    "fixed_noise_seed",
+    "trainer.accumulate_grad_batches",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.precision",
+    "trainer.overfit_batches",
+)
+# how the data is read and checked, not what it is
+_DATA_ONLY_HOW = ("num_workers", "pin_memory", "persistent_workers", "verify", "on_bad_file")
+
+
+def run_config_differences(
+    before: dict[str, Any], now: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, checkpoint's value, this start's value)`` for every setting that differs
+    (paths under the run folder count as equal when only the folder moved)."""
+    old_dir = str((before.get("paths") or {}).get("output_dir", ""))
+    new_dir = str((now.get("paths") or {}).get("output_dir", ""))
+    a, b = _flat(before), _flat(now)
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if key.split(".")[0] in _NOT_COMPARED:
+            continue
+        old, new = a.get(key), b.get(key)
+        if old_dir and isinstance(old, str) and old.startswith(old_dir):
+            old = new_dir + old[len(old_dir) :]
+        if old != new:
+            out.append((key, a.get(key), new))
+    return out
+
+
+def resume_effect(key: str, step: int, path: str) -> tuple[bool, str]:
+    """Whether a changed ``key`` takes effect when resuming the checkpoint at ``path`` (saved at
+    update ``step``), in words; True first where it does not, or not exactly."""
+    if key.startswith("optim.optimizer."):
+        return True, (
+            "does not take effect: the optimizer's settings are restored from the checkpoint "
+            "with its state (and the LR schedule scales the restored lr); to train with it, "
+            f"start a new run from these weights: init_from={path} hydra.run.dir=NEW (fresh "
+            "optimizer, schedule and step)"
+        )
+    if key == "optim.scheduler._target_":
+        return True, (
+            "the checkpoint's LR scheduler state is loaded into the other scheduler; for "
+            f"another schedule start a new run: init_from={path} hydra.run.dir=NEW"
+        )
+    if key.startswith("optim.scheduler."):
+        # LambdaLR restores its step and base LRs but keeps the run's own function
+        # (a functools.partial: its arguments are not in the state torch saves)
+        return False, (
+            f"takes effect from update {step + 1} on: the schedule is the new one, of the step, "
+            "scaled by the checkpoint's optim.optimizer.lr (update "
+            f"{step}, the first after the resume, keeps the LR the checkpoint's schedule set)"
+        )
+    if key.split(".")[1] not in _DATA_ONLY_HOW if key.startswith("data.") else key in _NOT_EXACT:
+        return True, (
+            "takes effect, but the batches, their order or the updates change: the resumed "
+            "run does not continue the checkpoint's exactly (the epoch in progress goes on "
+            "after as many of the new batches as it had done)"
+        )
+    return False, "takes effect"
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out

@@ -25,7 +25,7 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM: the run stopped early (checkpointed), as sc
 
 def summary(result: TrainResult) -> str:
     """What the user needs after a run: where everything is, the final validation beside
-    chance, and any run-health warnings."""
+    chance, any run-health warnings, and whether the data held training back."""
     m = result.val_metrics
     how = (
         f"stopped by {result.stopped_by} after {result.global_step} updates (checkpointed; "
@@ -63,6 +63,8 @@ def summary(result: TrainResult) -> str:
         lines.append(f"  probes:       {line}")
     for w in result.warnings:
         lines.append(f"  warning:      {w}")
+    for line in result.data_lines:  # loading held training back, padding or cropping wasted
+        lines.append(f"  data:         {line}")
     lines.append(
         f"  TensorBoard:  tensorboard --logdir {result.output_dir}  (or: make tensorboard)"
     )

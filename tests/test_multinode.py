@@ -97,8 +97,16 @@ def launch(commands: list[tuple[list[str], dict[str, str]]], folder: Path) -> li
         ]
 
 
-def torchrun_nodes(overrides: list[str], port: int, folder: Path) -> list[Node]:
-    """Two torchrun launches, node ranks 0 and 1, one process each, rendezvous on 127.0.0.1."""
+def torchrun_nodes(
+    overrides: list[str], port: int, folder: Path, rendezvous: str = "static"
+) -> list[Node]:
+    """Two torchrun launches, one process each, meeting on 127.0.0.1: ``static`` (node ranks
+    0 and 1, ``--master-addr/--master-port``) or ``c10d`` (``--rdzv-backend c10d
+    --rdzv-endpoint``; the rendezvous numbers the nodes in the order they arrive)."""
+    meet = {
+        "static": ["--master-addr=127.0.0.1", f"--master-port={port}"],
+        "c10d": ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=w2v2"],
+    }[rendezvous]
     commands = [
         (
             [
@@ -106,8 +114,7 @@ def torchrun_nodes(overrides: list[str], port: int, folder: Path) -> list[Node]:
                 "--nnodes=2",
                 f"--node-rank={rank}",
                 "--nproc-per-node=1",
-                "--master-addr=127.0.0.1",
-                f"--master-port={port}",
+                *meet,
                 *MODULE,
                 *overrides,
             ],
@@ -175,12 +182,12 @@ def reference(tmp_path: Path) -> tuple[dict, Path]:
 
 
 def check_two_nodes(nodes: list[Node], record: Path, environment: str, step: int) -> None:
-    """Both nodes finished, node 0 printing the summary; at update ``step`` each node trained
-    on its own part of the batch (3 + 1 of the 4 utterances), under ``environment``."""
-    for rank, node in enumerate(nodes):
-        assert node.returncode == 0, (rank, node.stderr[-3000:])
-    assert "pretraining finished" in nodes[0].stdout
-    assert "pretraining finished" not in nodes[1].stdout
+    """Both nodes finished, one (global rank 0) printing the summary; at update ``step`` each
+    node trained on its own part of the batch (3 + 1 of the 4 utterances), under
+    ``environment``."""
+    for i, node in enumerate(nodes):
+        assert node.returncode == 0, (i, node.stderr[-3000:])
+    assert sum("pretraining finished" in node.stdout for node in nodes) == 1
     seen = batches(record)
     assert sorted(seen) == ["node0-rank0", "node1-rank1"], sorted(seen)
     parts = [seen[name][step] for name in ("node0-rank0", "node1-rank1")]
@@ -194,8 +201,8 @@ def test_two_torchrun_nodes_update_as_one_process_scan_once_and_resume(tmp_path)
     """``torchrun --nnodes 2 --node-rank 0|1 --nproc-per-node 1`` with a static rendezvous on
     127.0.0.1, ``trainer=multinode`` on CPU: the update equals one process's with the same
     total batch; each node trains on its own utterances; only node 0 scans the corpus (the
-    verify record), node 1 reads its record; ``resume=true`` continues both from the
-    checkpoint without scanning again."""
+    verify record), node 1 reads its record; ``resume=true`` (launched with the c10d
+    rendezvous) continues both from the checkpoint without scanning again."""
     before, one = reference(tmp_path)
     manifests = small_manifests(tmp_path / "nodes", 4)
     record = tmp_path / "batches"
@@ -217,13 +224,13 @@ def test_two_torchrun_nodes_update_as_one_process_scan_once_and_resume(tmp_path)
     assert "cannot read rank 0's verify record" not in nodes[1].stderr
     assert (manifests / "train.tsv.verified.npz").is_file()
 
-    resumed = torchrun_nodes(
-        [*args, "trainer.max_steps=2", "resume=true"], free_port(), tmp_path / "logs2"
-    )
+    # resumed through torchrun's other rendezvous, c10d
+    again = [*args, "trainer.max_steps=2", "resume=true"]
+    resumed = torchrun_nodes(again, free_port(), tmp_path / "logs2", rendezvous="c10d")
     check_two_nodes(resumed, record, "TorchElasticEnvironment", step=1)
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert not any("header check" in node.stderr for node in resumed)
-    assert "verified before" in resumed[0].stderr + resumed[0].stdout
+    assert "verified before" in "".join(node.stderr + node.stdout for node in resumed)
 
 
 @pytest.mark.slow

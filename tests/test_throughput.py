@@ -74,7 +74,7 @@ def test_slow_loading_is_named_in_the_summary_with_what_to_change(tmp_path):
     pl.seed_everything(cfg.seed)
     datamodule, module, trainer = build(cfg)
     datamodule.setup("fit")
-    datamodule.datasets["train"] = SlowReads(datamodule.datasets["train"], delay=0.25)
+    datamodule.datasets["train"] = SlowReads(datamodule.datasets["train"], delay=0.5)
     trainer.fit(module, datamodule=datamodule)
     waits = [v for _, v in scalars(tmp_path)["train/data_wait_fraction"]]
     assert len(waits) == 4 and statistics.median(waits) > WAIT_ADVICE, waits

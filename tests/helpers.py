@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import soundfile as sf
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -152,3 +154,71 @@ def small_manifests(tmp_path: Path, n: int) -> Path:
     (out / "train.tsv").write_text(body)
     (out / "valid.tsv").write_text(body)
     return out
+
+
+SGD = [
+    "optim.optimizer._target_=torch.optim.SGD",
+    "~optim.optimizer.betas",
+    "~optim.optimizer.eps",
+    "~optim.optimizer.fused",
+]
+# every utterance 1 s, 20 masked frames each (span 1), its own noise: any split of a batch into
+# micro-batches or processes computes the same per-utterance terms
+SAME_TERMS = [
+    "data.max_sample_size=16000",
+    "data.min_sample_size=16000",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.limit_val_batches=0",
+    "fixed_noise_seed=7",
+    "model.masking.mask_prob=0",
+    "model.masking.mask_length=1",
+    "model.masking.min_masks=20",
+    "model.objective.num_negatives=10",
+    "model.dropout_input=0",
+    "model.dropout_features=0",
+    "model.context_network.dropout=0",
+    "model.context_network.attention_dropout=0",
+    # code perplexity is a statistic of each micro-batch (as in fairseq): leave it out
+    "model.objective.diversity_weight=0",
+    *SGD,
+    "optim.optimizer.lr=0.5",
+    "optim.scheduler.warmup=0",
+    "callbacks.periodic.every_n_train_steps=1",
+]
+
+
+class RecordBatches(pl.Callback):
+    """Appends, per training batch, ``update<TAB>cluster environment<TAB>utterance ids`` to
+    ``folder/node<N>-rank<R>.tsv``: which node and rank trained on what (a run's callback:
+    ``+callbacks.record._target_=helpers.RecordBatches +callbacks.record.folder=...``, with
+    tests/ on PYTHONPATH)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, _module, batch, _batch_idx) -> None:
+        env = type(trainer.strategy.cluster_environment).__name__
+        ids = ",".join(str(i) for i in batch.ids.tolist())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"node{trainer.node_rank}-rank{trainer.global_rank}.tsv"
+        with open(self.folder / name, "a") as f:
+            f.write(f"{trainer.global_step}\t{env}\t{ids}\n")
+
+
+def assert_same_update(before: dict, reference: Path, others: dict[str, Path]) -> None:
+    """The weights of each checkpoint in ``others`` moved from ``before`` as those of the
+    ``reference`` checkpoint did (to 1e-3 of the largest change of each tensor)."""
+    ref_state = torch.load(reference, weights_only=True)["state_dict"]
+    states = {name: torch.load(p, weights_only=True)["state_dict"] for name, p in others.items()}
+    moved = 0
+    for key, w0 in before.items():
+        ref = ref_state[f"model.{key}"] - w0
+        scale = ref.abs().max().item()
+        if scale == 0:
+            continue
+        moved += 1
+        for name, state in states.items():
+            delta = state[f"model.{key}"] - w0
+            assert (delta - ref).abs().max().item() <= 1e-3 * scale + 1e-7, (name, key)
+    assert moved > 50

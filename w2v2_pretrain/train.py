@@ -44,6 +44,7 @@ from w2v2_pretrain.training.quiet import quiet_lightning
 from w2v2_pretrain.training.resume import check_resume_checkpoint, find_resume_checkpoint
 from w2v2_pretrain.training.schedules import warmup_updates
 from w2v2_pretrain.training.signals import Interrupted, StopSignals
+from w2v2_pretrain.training.throughput import cores_per_process
 
 log = run_logger(__name__)
 
@@ -67,6 +68,9 @@ class TrainResult:
     training, after the current update and with a checkpoint."""
     probe_lines: list[str] = field(default_factory=list)
     """The latest probe round's summary lines (empty when probes are off)."""
+    data_lines: list[str] = field(default_factory=list)
+    """Whether loading held training back, or padding / cropping wasted much, and what to
+    change (empty when neither; training/throughput.py)."""
 
 
 def typed(cfg: DictConfig) -> RunConfig:
@@ -328,4 +332,10 @@ def _result(
         warnings=[w.message for w in monitor.warnings],
         stopped_by=stopped_by,
         probe_lines=probe_summary_lines(trainer.callbacks),
+        data_lines=module.data_stats.advice(
+            num_workers=run.data.num_workers,
+            cores=cores_per_process(trainer.num_devices),
+            collate=str(run.data.collate),
+            bad_files=int(module._counters[1]),
+        ),
     )

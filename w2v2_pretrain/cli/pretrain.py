@@ -26,7 +26,7 @@ EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
 
 def summary(result: TrainResult) -> str:
     """What the user needs after a run: where everything is, the final validation beside
-    chance, and any run-health warnings."""
+    chance, any run-health warnings, and whether the data held training back."""
     m = result.val_metrics
     by = {"SIGINT": "Ctrl-C (SIGINT)"}.get(result.stopped_by or "", result.stopped_by)
     how = (
@@ -65,6 +65,8 @@ def summary(result: TrainResult) -> str:
         lines.append(f"  probes:       {line}")
     for w in result.warnings:
         lines.append(f"  warning:      {w}")
+    for line in result.data_lines:  # loading held training back, padding or cropping wasted
+        lines.append(f"  data:         {line}")
     lines.append(
         f"  TensorBoard:  tensorboard --logdir {result.output_dir}  (or: make tensorboard)"
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.dataset import (
     AudioDataset,
+    Batch,
     Collator,
     MaskPlanner,
     VerifyLevel,
@@ -28,6 +31,26 @@ from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models.config import Wav2Vec2Config
 
 log = run_logger(__name__)  # set-up facts hold for every rank: said once
+
+
+class TimedDataLoader(DataLoader):
+    """A `DataLoader` whose batches say how long the loop waited for each (``Batch.data_wait``,
+    host seconds): the time ``next`` blocked, worker start-up included for the first batch of
+    an iteration. What the workers do in parallel with the step costs nothing here; only what
+    the step waits for counts."""
+
+    def __iter__(self) -> Iterator:
+        start = time.perf_counter()
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            if isinstance(batch, Batch):
+                batch.data_wait = time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
 
 
 class AudioDataModule(pl.LightningDataModule):
@@ -205,7 +228,7 @@ class AudioDataModule(pl.LightningDataModule):
             # completed, and Lightning resumes with the next batch index
             progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
             sampler.resume(self.trainer.current_epoch, progress.processed)
-        return DataLoader(
+        return TimedDataLoader(
             self.datasets[split],
             batch_sampler=sampler,
             collate_fn=Collator(

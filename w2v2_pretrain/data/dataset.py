@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,15 @@ class Batch:
             from the device).
         bad_files: ``where: reason`` of each file of this batch that could not be decoded and
             was left out (``data.on_bad_file``).
+        read_samples: samples of the clips as read (each already capped at
+            ``data.max_sample_size``), before the collator cropped them to the shortest.
+        kept_samples: samples of the clips the batch holds (the sum of ``lengths``, on the host).
+        data_wait: seconds the training loop waited for this batch (set by the loader,
+            `TimedDataLoader`; 0 elsewhere).
+
+    The last three are host numbers (the monitoring of ``train/padding_fraction``,
+    ``train/cropped_fraction`` and ``train/data_wait_fraction``), so reading them costs the
+    step no copy back from the device.
     """
 
     source: torch.Tensor
@@ -55,6 +65,9 @@ class Batch:
     plan: MaskPlan | None = None
     padded: bool = False
     bad_files: tuple[str, ...] = ()
+    read_samples: int = 0
+    kept_samples: int = 0
+    data_wait: float = 0.0
 
     @property
     def padding_mask(self) -> torch.Tensor:
@@ -65,14 +78,18 @@ class Batch:
     def __len__(self) -> int:
         return self.source.shape[0]
 
+    @property
+    def padding_samples(self) -> int:
+        """Zeros added past the rows' lengths (host arithmetic on the shape)."""
+        return self.source.shape[0] * self.source.shape[1] - self.kept_samples
+
     def pin_memory(self) -> Batch:
-        return Batch(
-            self.source.pin_memory(),
-            self.lengths.pin_memory(),
-            self.ids.pin_memory(),
-            self.plan.pin_memory() if self.plan is not None else None,
-            self.padded,
-            self.bad_files,
+        return dataclasses.replace(
+            self,
+            source=self.source.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+            ids=self.ids.pin_memory(),
+            plan=self.plan.pin_memory() if self.plan is not None else None,
         )
 
 
@@ -246,6 +263,7 @@ class Collator:
             empty = torch.zeros(0, dtype=torch.long)
             return Batch(torch.zeros(0, 0), empty, empty, bad_files=bad)
         lengths = [len(u.wav) for u in items]
+        read = sum(lengths)
         if self.mode == CollateMode.crop:
             target = min(lengths)
             rows = []
@@ -267,4 +285,6 @@ class Collator:
             plan=self.planner(length_t, source.shape[1], items) if self.planner else None,
             padded=min(lengths) < source.shape[1],
             bad_files=bad,
+            read_samples=read,
+            kept_samples=sum(lengths),
         )

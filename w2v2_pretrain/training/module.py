@@ -21,6 +21,7 @@ from w2v2_pretrain.models import Wav2Vec2Config, Wav2Vec2Model
 from w2v2_pretrain.models.noise import PerUtteranceNoise
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Output
 from w2v2_pretrain.training.health import chance_loss
+from w2v2_pretrain.training.throughput import DataStats, UpdateSums, peak_memory_mib
 
 log = logging.getLogger(__name__)  # what one rank met (a bad file in its batch)
 run_log = run_logger(__name__)  # what holds on every rank alike (all-reduced): said once
@@ -115,6 +116,9 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self._streak_seen: torch.Tensor | None = None  # the last update's streak, on the host
         self._streak_copied: torch.cuda.Event | None = None
         self._last_update_end: float | None = None
+        self._train_started: float | None = None
+        self._update_data = UpdateSums()  # host counts of the update in progress
+        self.data_stats = DataStats()  # the run's, for the end-of-run summary
         self._rng_to_restore: dict[str, Any] | None = None
         self.run_config: dict[str, Any] | None = None
         """The run's resolved config as plain data (set by ``train``): kept in checkpoints under
@@ -194,6 +198,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         if self._update is None:
             self._update = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
         self._note_bad_files(batch)
+        self._update_data.add(batch)
         if len(batch) == 0:  # every file of the batch was left out
             self._update += self._sums(None, batch)
             return self._zero_loss()
@@ -343,6 +348,10 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         now = time.perf_counter()
         if self._last_update_end is not None:
             metrics["train/audio_seconds_per_second"] = seconds / (now - self._last_update_end)
+        since = self._last_update_end or self._train_started or now
+        data, self._update_data = self._update_data, UpdateSums()
+        metrics |= self.data_stats.record(data, now - since)
+        metrics["train/peak_memory_mib"] = peak_memory_mib(self.device)
         self._last_update_end = now
         bar = ("train/loss", "train/accuracy", "train/code_perplexity")
         for k, v in metrics.items():
@@ -441,6 +450,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             self._counters.copy_(checkpoint["run_counters"])
 
     def on_train_start(self) -> None:
+        self._train_started = time.perf_counter()  # the first update's wait counts from here
         state, self._rng_to_restore = self._rng_to_restore, None
         if state:
             torch.set_rng_state(state["torch"])

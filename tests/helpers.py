@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-
 from w2v2_pretrain.configs import register_configs
+
 from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
 
 

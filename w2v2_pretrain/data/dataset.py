@@ -211,23 +211,29 @@ class AudioDataset(Dataset):
         where = self.manifest.where(index)
         seed = (self.seed, epoch, index) + ((copy,) if copy else ())
         crop = self.max_sample_size or None
-        try:
-            wav = read_audio(
+
+        def read(window: int | None) -> np.ndarray:
+            return read_audio(
                 self.manifest.audio_path(index),
                 self.sample_rate,
                 resample=self.resample,
                 downmix=self.downmix,
                 expected_samples=int(self.manifest.num_samples[index]),
                 where=where,
-                crop=crop,
+                crop=window,
                 start_of=lambda length: crop_start(
-                    length, crop, seed if self.train else None, self.crop_alignment
+                    length, window, seed if self.train else None, self.crop_alignment
                 ),
             )
+
+        try:
+            wav = read(crop)
+            problem = sample_problem(wav)
+            if problem is not None and problem.kind == "silent" and len(wav) == crop:
+                # a quiet window of a longer file is fine; a file of zeros throughout is not
+                problem = sample_problem(read(None))
         except DataError as e:
             return BadFile(index, where, str(e).removeprefix(f"{where}: "))
-        # a window of a longer file may be quiet; only a whole file of zeros is a bad file
-        problem = sample_problem(wav, allow_silence=len(wav) == crop)
         if problem:
             return BadFile(index, where, problem.detail)
         if self.normalize:

@@ -222,3 +222,26 @@ def assert_same_update(before: dict, reference: Path, others: dict[str, Path]) -
             delta = state[f"model.{key}"] - w0
             assert (delta - ref).abs().max().item() <= 1e-3 * scale + 1e-7, (name, key)
     assert moved > 50
+
+
+def error_line(overrides: list[str], output_dir: Path) -> str:
+    """The ``error: ...`` line ``w2v2-pretrain`` prints for these overrides, found in-process
+    as the CLI finds it: Hydra's composition (its errors worded by the CLI's
+    `composition_error`), then ``train``, whose project errors the CLI prints as
+    ``error: <one line>``. A CLI start costs ~5 s of imports, so most error cases run here and
+    a few through the real CLI (tests/test_reliability.py)."""
+    from hydra.errors import HydraException
+
+    from w2v2_pretrain.cli.pretrain import composition_error
+    from w2v2_pretrain.errors import W2V2Error, one_line
+    from w2v2_pretrain.train import train
+
+    try:
+        cfg = compose_cfg(overrides, output_dir)
+    except HydraException as e:
+        return f"error: {composition_error(e)}"
+    try:
+        train(cfg)
+    except W2V2Error as e:
+        return f"error: {one_line(e)}"
+    raise AssertionError(f"no error for {overrides}")

@@ -110,8 +110,35 @@ def test_warnings_reach_log_tensorboard_and_summary(tmp_path):
     assert bad_key.returncode != 0 and "colapse_fraction" in bad_key.stderr
 
 
-# normalized input collapses the same way; the slow run shows it (the default run, one variant)
-@pytest.mark.parametrize("normalize", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_layer_norm_with_the_feature_penalty_is_flagged_at_start(caplog):
+    """The combination the slow demo run below shows collapsing is warned of when a run is
+    built (once per run)."""
+    from w2v2_pretrain.data.config import DataConfig
+    from w2v2_pretrain.models import preset
+    from w2v2_pretrain.training.checks import check_combinations
+
+    model = preset("tiny")
+    model.feature_encoder.mode = "layer_norm"
+    model.objective.num_negatives = 20  # as the demo
+    data = DataConfig(manifest_dir="m", min_sample_size=32000, max_sample_size=40000)
+    with caplog.at_level("WARNING", logger="w2v2_pretrain.training.checks"):
+        check_combinations(model, data)
+    assert "feature_encoder.mode=layer_norm with model.objective.feature_penalty_weight=10" in (
+        caplog.text
+    )
+    assert "collapse the codebooks" in caplog.text and "LARGE uses 0" in caplog.text
+    model.objective.feature_penalty_weight = 0.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="w2v2_pretrain.training.checks"):
+        check_combinations(model, data)
+    assert "layer_norm" not in caplog.text
+
+
+# a demo run of ~100 updates per variant: the dynamics behind the warnings (slow; the default
+# run covers the warning's path with test_warnings_reach_log_tensorboard_and_summary and the
+# start-up flag above)
+@pytest.mark.slow
+@pytest.mark.parametrize("normalize", [False, True])
 def test_layer_norm_collapse_on_the_demo_is_reported_within_50_updates(tmp_path, normalize):
     """The demo with LARGE's layer-norm encoder (and LARGE's normalized input) collapses its
     codebooks within a few dozen updates (with feature penalty 10). The run must say so within

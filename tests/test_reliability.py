@@ -327,11 +327,22 @@ def main_send(proc: subprocess.Popen, sig: int) -> None:
     proc.send_signal(sig)
 
 
+def main_send_until_exit(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the main process every 0.2 s until it exits (a scheduler's kill loop): no
+    moment of the stop, its last steps included, may be killed by one."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize(
     "signals, status",
     [
-        # SLURM / systemd (the whole group), and a second SIGTERM 0.3 s later
-        ([(group_send, signal.SIGTERM), (main_send, signal.SIGTERM)], 143),
+        # SLURM / systemd (the whole group), then SIGTERM again from 0.3 s later until the
+        # process has exited
+        ([(group_send, signal.SIGTERM), (main_send_until_exit, signal.SIGTERM)], 143),
         ([(group_send, signal.SIGINT)], 130),  # Ctrl-C in the terminal
         # each part of the first case on its own (it covers both)
         pytest.param([(group_send, signal.SIGTERM)], 143, marks=pytest.mark.slow),

@@ -61,6 +61,10 @@ class StopSignals:
         tb: TracebackType | None,
     ) -> None:
         for s, handler in self._previous.items():
+            if s == signal.SIGTERM and self.signal is not None:
+                # the run is stopping: a repeated SIGTERM (schedulers send several, and to the
+                # whole group) must not kill its last steps (the summary, the exit status)
+                handler = signal.SIG_IGN
             signal.signal(s, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -419,6 +419,11 @@ class Wav2Vec2Pretraining(pl.LightningModule):
     # -- exact resume: random state travels with the checkpoint -------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what was logged up to this checkpoint reaches the disk before it: a kill -9 after the
+        # save loses no logged update (the resumed run logs from the checkpoint's step on)
+        experiment = getattr(self.logger, "experiment", None)
+        if callable(getattr(experiment, "flush", None)):
+            experiment.flush()
         # plain types and tensors only: checkpoints load with torch.load(weights_only=True)
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         version, internal, gauss_next = random.getstate()

@@ -13,6 +13,13 @@ own, so its resident set is its own. Figures per size:
 - ``worker MB``: unique memory (USS) growth of one forked loader worker reading every entry's
   path and length once over the epoch (what copy-on-access growth would show).
 
+The start-up figure (``--startup``): N hard links to the demo corpus's files (so the figure
+needs no N real files' worth of disk), a manifest of them, and a valid header-verify record
+beside it, written from a real header read of each distinct file and one stat of every link
+(a real header scan of 10M links would take ~10 minutes and measure the same record). Then,
+in a fresh process, `AudioDataModule.setup` of that split as a run starts: parse, read the
+record, stat every file against it, apply the run's settings; seconds and peak RSS.
+
 The crop figure: ``--crop-seconds`` crops from ``--crop-minutes``-long FLAC files, audio-seconds
 of crops per second in one process, reading the whole file then cropping (before) and reading
 only the window (after).
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +108,59 @@ def one_size(path: Path) -> dict:
     }
 
 
+def build_linked_corpus(folder: Path, n: int) -> Path:
+    """N hard links (100 per folder) cycling over the demo corpus's files, train.tsv and a
+    valid.tsv of the first 1,000, and the train manifest's header-verify record."""
+    import soundfile as sf
+
+    from w2v2_pretrain.data.index import read_manifest
+    from w2v2_pretrain.data.verify import Scan, VerifyLevel, save_record, stat_files
+
+    sources = sorted((REPO / "data" / "demo").rglob("*.flac"))
+    infos = [sf.info(str(f)) for f in sources]
+    per = 60_000  # hard links per file stay under ext4's 65,000
+    root = folder / "audio"
+    lines = []
+    for i in range(n):
+        rel = f"{i // 100_000}/{i // 100 % 1000}/{i:08d}.flac"
+        if i % 100 == 0:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(sources[i // per % len(sources)], root / rel)
+        lines.append(f"{rel}\t{infos[i // per % len(sources)].frames}\n")
+    for name, part in (("train", lines), ("valid", lines[:1000])):
+        with open(folder / f"{name}.tsv", "w") as f:
+            f.write(f"{root}\n")
+            f.writelines(part)
+    m = read_manifest(folder / "train.tsv")
+    which = np.arange(n) // per % len(sources)
+    scan = Scan.empty(VerifyLevel.header, n)
+    scan.frames[:] = np.array([i.frames for i in infos])[which]
+    scan.sample_rates[:] = np.array([i.samplerate for i in infos])[which]
+    scan.channels[:] = np.array([i.channels for i in infos])[which]
+    found = stat_files(m)
+    scan.file_sizes[:], scan.file_mtimes[:] = found.sizes, found.mtimes
+    save_record(m.source, scan)
+    return folder
+
+
+def startup(folder: Path) -> dict:
+    """One `AudioDataModule.setup` of the train split with a valid record, in this process."""
+    import resource
+
+    from w2v2_pretrain.data.config import DataConfig
+    from w2v2_pretrain.data.datamodule import AudioDataModule
+
+    cfg = DataConfig(manifest_dir=str(folder), verify="header", min_sample_size=0)
+    t = time.perf_counter()
+    dm = AudioDataModule(cfg)
+    n = len(dm._load("train"))
+    return {
+        "entries": n,
+        "startup_s": time.perf_counter() - t,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
 def crop_rate(files: list[Path], crop: int, windowed: bool, reps: int) -> float:
     """Audio-seconds of crops per second of reading."""
     from w2v2_pretrain.data.audio import read_audio
@@ -121,18 +182,26 @@ def crop_rate(files: list[Path], crop: int, windowed: bool, reps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000, 10**7])
+    p.add_argument("--startup", type=int, nargs="*", default=[1_000_000, 10**7])
     p.add_argument("--crop-files", type=int, default=3)
     p.add_argument("--crop-minutes", type=float, default=10.0)
     p.add_argument("--crop-seconds", type=float, default=15.6)
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--one-startup", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one_size(Path(args.one))))
         return
+    if args.one_startup:
+        print(json.dumps(startup(Path(args.one_startup))))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        print("| entries | parse s | B/utt (RSS) | columns B/utt | sampler epoch s | worker MB |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        if args.sizes:
+            print(
+                "| entries | parse s | B/utt (RSS) | columns B/utt | sampler epoch s | worker MB |"
+            )
+            print("|---:|---:|---:|---:|---:|---:|")
         for n in args.sizes:
             path = tmp / f"{n}.tsv"
             write_manifest(path, n, tmp)
@@ -150,6 +219,20 @@ def main() -> None:
                 flush=True,
             )
             path.unlink()
+        if args.startup:
+            print("\n| entries | start-up s (valid header record) | peak RSS GB |")
+            print("|---:|---:|---:|")
+        for n in args.startup:
+            folder = build_linked_corpus(Path(tempfile.mkdtemp(dir=tmp)), n)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one-startup", str(folder)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {n:,} | {r['startup_s']:.1f} | {r['peak_rss_gb']:.2f} |", flush=True)
+            shutil.rmtree(folder)
         if args.crop_files:
             import soundfile as sf
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -515,6 +516,48 @@ def test_verify_record_is_reused_and_notices_replaced_or_truncated_files(tmp_pat
         }
     finally:
         verify._check_file = real
+
+
+@pytest.mark.parametrize("fork_from", [10**9, 2])
+def test_stat_files_agrees_with_os_stat_in_one_or_several_processes(
+    tmp_path, monkeypatch, fork_from
+):
+    """Each entry's size, modification time and kind, also when the entries are split across
+    forked processes (and when a child fails, its part is done by the parent)."""
+    from w2v2_pretrain.data import verify
+
+    monkeypatch.setattr(verify, "_FORK_FROM", fork_from)
+    m = manifest_of(tmp_path, {f"d/{i}.flac": 0.1 * (1 + i % 3) for i in range(9)})
+    (m.root / "d" / "3.flac").unlink()
+    os.remove(m.root / "d" / "5.flac")
+    (m.root / "d" / "5.flac").mkdir()
+    found = verify.stat_files(m)
+    for i in range(len(m)):
+        path = m.audio_path(i)
+        if not path.exists():
+            assert (found.sizes[i], found.mtimes[i], found.kinds[i]) == (-1, 0, verify.MISSING)
+            continue
+        st = path.stat()
+        kind = verify.REGULAR if path.is_file() else verify.OTHER
+        assert (found.sizes[i], found.mtimes[i], found.kinds[i]) == (
+            st.st_size,
+            st.st_mtime_ns,
+            kind,
+        )
+    part = verify.stat_files(m, np.array([8, 3, 0]))
+    np.testing.assert_array_equal(part.sizes, found.sizes[[8, 3, 0]])
+    real = verify._stat_rows
+    parent = os.getpid()
+
+    def failing_child(manifest, lo, hi, out):
+        if os.getpid() != parent:
+            raise OSError("child failed")
+        real(manifest, lo, hi, out)
+
+    monkeypatch.setattr(verify, "_stat_rows", failing_child)
+    again = verify.stat_files(m)
+    np.testing.assert_array_equal(again.mtimes, found.mtimes)
+    np.testing.assert_array_equal(again.kinds, found.kinds)
 
 
 def _ddp_setup(rank: int, world: int, folder: str, port: int, out: str) -> None:

@@ -10,7 +10,9 @@ at once, and only the entries that fail are turned into messages.
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,26 +105,84 @@ def _check_file(path: str, verify: VerifyLevel) -> AudioInfo | AudioProblem | No
     return inspect_audio(path, decode=verify == VerifyLevel.decode)
 
 
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return -1, 0
-    return st.st_size, st.st_mtime_ns
+MISSING, REGULAR, OTHER = 0, 1, 2
+"""`FileStats.kinds`: no such file, a regular file, something else (a folder, a device)."""
+
+_FORK_FROM = 100_000  # entries: fewer are stat'ed in this process (a fork costs more)
 
 
-def stat_files(manifest: Manifest, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) size and (N,) modification time (ns) of every entry's file (-1, 0: missing)."""
-    n = len(manifest)
-    sizes, mtimes = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+@dataclass
+class FileStats:
+    """One ``os.stat`` of each entry's file.
 
-    def run(lo: int) -> None:
-        for i in range(lo, min(lo + 4 * _SCAN_CHUNK, n)):
-            sizes[i], mtimes[i] = _stat(str(manifest.audio_path(i)))
+    Shape (N entries):
+        sizes: (N,) int64 bytes (-1: missing).
+        mtimes: (N,) int64 modification time in ns (0: missing).
+        kinds: (N,) int8 `MISSING`, `REGULAR` or `OTHER`.
+    """
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(pool.map(run, range(0, n, 4 * _SCAN_CHUNK)))
-    return sizes, mtimes
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    kinds: np.ndarray
+
+
+def _stat_rows(manifest: Manifest, lo: int, hi: int, out: np.ndarray) -> None:
+    """Stat entries ``lo:hi`` into ``out`` ((hi - lo, 3) int64: size, mtime, kind).
+
+    The paths are joined as bytes (root, "/", the manifest's bytes), not as `Path` objects:
+    the syscall is then most of the ~1.7 us an entry costs."""
+    data = memoryview(manifest.path_data)  # sliced without copying the buffer
+    prefixes = [os.fsencode(root) + b"/" for root in manifest.roots]
+    rows: list[int] = []
+    put = rows.extend
+    st, regular = os.stat, stat.S_ISREG
+    for c, s, e in zip(
+        manifest.corpus[lo:hi].tolist(),
+        manifest.path_starts[lo:hi].tolist(),
+        manifest.path_ends[lo:hi].tolist(),
+        strict=True,
+    ):
+        rel = data[s:e]
+        try:
+            r = st(bytes(rel) if rel[:1] == b"/" else prefixes[c] + rel)
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
+            put((-1, 0, MISSING))
+            continue
+        put((r.st_size, r.st_mtime_ns, REGULAR if regular(r.st_mode) else OTHER))
+    out[:] = np.array(rows, dtype=np.int64).reshape(hi - lo, 3)
+
+
+def stat_files(manifest: Manifest, indices: np.ndarray | None = None) -> FileStats:
+    """Stat the files of ``indices`` (default: every entry; the result is indexed alike).
+
+    The loop is bound by the interpreter (threads would queue on its lock), so a large
+    manifest is split across forked processes, one per usable core, writing into shared
+    memory: 10M entries in ~10 s on 2 cores. A child that fails has its part done here."""
+    sub = manifest if indices is None else manifest.select(np.asarray(indices, dtype=np.int64))
+    n = len(sub)
+    procs = min(len(os.sched_getaffinity(0)), 16, max(1, n // _FORK_FROM))
+    shared = mmap.mmap(-1, max(1, n * 24))
+    rows = np.frombuffer(shared, dtype=np.int64, count=n * 3).reshape(n, 3)
+    bounds = np.linspace(0, n, procs + 1).astype(int).tolist()
+    children = {}
+    for k in range(1, procs):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (a child process)
+            code = 1
+            try:
+                _stat_rows(sub, bounds[k], bounds[k + 1], rows[bounds[k] : bounds[k + 1]])
+                code = 0
+            finally:
+                os._exit(code)
+        children[pid] = k
+    _stat_rows(sub, bounds[0], bounds[1], rows[bounds[0] : bounds[1]])
+    for pid, k in children.items():
+        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            _stat_rows(sub, bounds[k], bounds[k + 1], rows[bounds[k] : bounds[k + 1]])
+    out = FileStats(rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].astype(np.int8))
+    del rows
+    shared.close()
+    return out
 
 
 def scan_files(
@@ -133,21 +193,30 @@ def scan_files(
     indices: np.ndarray | None = None,
     base: Scan | None = None,
 ) -> Scan:
-    """Check the files of ``indices`` (default: every entry) in parallel threads, a chunk of
-    entries per task; with a progress bar (and its ETA) titled ``progress``. With ``base``,
-    its entries at ``indices`` are checked again (in place)."""
+    """Check the files of ``indices`` (default: every entry): one `stat_files` pass, then
+    (``header``, ``decode``) each regular file read in parallel threads, a chunk of entries
+    per task, with a progress bar (and its ETA) titled ``progress``. With ``base``, its
+    entries at ``indices`` are checked again (in place)."""
     n = len(manifest)
     scan = Scan.empty(verify, n) if base is None else base
     todo = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
-    chunks = [todo[i : i + _SCAN_CHUNK] for i in range(0, len(todo), _SCAN_CHUNK)]
+    found = stat_files(manifest, todo)
+    scan.file_sizes[todo], scan.file_mtimes[todo] = found.sizes, found.mtimes
+    scan.frames[todo], scan.sample_rates[todo], scan.channels[todo] = -1, 0, 0
+    for i in todo.tolist():
+        scan.problems.pop(i, None)
+    for i in todo[found.kinds == MISSING].tolist():
+        scan.problems[i] = AudioProblem("missing", "file not found")
+    for i in todo[found.kinds == OTHER].tolist():
+        scan.problems[i] = AudioProblem("not a file", "not a regular file")
+    if verify == VerifyLevel.none:
+        return scan
+    readable = todo[found.kinds == REGULAR]
+    chunks = [readable[i : i + _SCAN_CHUNK] for i in range(0, len(readable), _SCAN_CHUNK)]
 
     def run(chunk: np.ndarray) -> int:
         for i in chunk.tolist():
-            path = str(manifest.audio_path(i))
-            scan.file_sizes[i], scan.file_mtimes[i] = _stat(path)
-            found = _check_file(path, verify)
-            scan.problems.pop(i, None)
-            scan.frames[i], scan.sample_rates[i], scan.channels[i] = -1, 0, 0
+            found = _check_file(str(manifest.audio_path(i)), verify)
             if isinstance(found, AudioProblem):
                 scan.problems[i] = found
             elif found is not None:
@@ -158,10 +227,10 @@ def scan_files(
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         done = pool.map(run, chunks)
-        if progress and len(todo):
+        if progress and len(readable):
             from tqdm import tqdm
 
-            with tqdm(total=len(todo), desc=progress, unit="file") as bar:
+            with tqdm(total=len(readable), desc=progress, unit="file") as bar:
                 for count in done:
                     bar.update(count)
         else:
@@ -368,8 +437,8 @@ def verified_scan(
     source = manifest.source
     scan = load_record(source, level, len(manifest), folder)
     if scan is not None:
-        sizes, mtimes = stat_files(manifest, workers)
-        changed = np.flatnonzero((sizes != scan.file_sizes) | (mtimes != scan.file_mtimes))
+        now = stat_files(manifest)
+        changed = np.flatnonzero((now.sizes != scan.file_sizes) | (now.mtimes != scan.file_mtimes))
         if not len(changed):
             log.info(
                 "%s: verified before (%s), %d files unchanged", source, scan.level, len(manifest)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import write_tone
+from helpers import FAST, compose_cfg, error_line, write_tone
 
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.config import DataConfig
@@ -293,6 +293,104 @@ def test_a_corpus_left_empty_gives_its_share_to_the_others():
     assert len(s) == 4 and sorted(i for b in s for i, _, c in b if c == 0) == list(range(8))
 
 
+def _two_corpora(tmp_path: Path) -> list[Path]:
+    """Two manifest folders of tones: 8 clips of 2 s (16 s) and 2 clips of 1 s (2 s)."""
+    folders = []
+    for name, n, seconds in (("big", 8, 2.0), ("small", 2, 1.0)):
+        m = manifest_of(tmp_path / name, {f"{name}{i}.flac": seconds for i in range(n)})
+        (m.source.parent / "valid.tsv").write_text(m.source.read_text())
+        folders.append(m.source.parent)
+    return folders
+
+
+def test_temperature_from_the_command_line(tmp_path, caplog):
+    """``data.corpus_weights=temperature data.sampling_alpha=0.5`` composed as the CLI does:
+    the sampler gets shares proportional to sqrt(hours) of the manifests' audio (not the
+    cropped), and the start-up table lists each corpus's hours and both shares."""
+    import logging
+
+    from w2v2_pretrain.train import typed
+
+    big, small = _two_corpora(tmp_path)
+    corpora = [
+        *FAST,
+        f"data.manifest_dir=[{big},{small}]",
+        "data.min_sample_size=8000",
+        "data.max_sample_size=16000",  # crops the big corpus's clips to 1 s (cropped: 8 s, 2 s)
+    ]
+    temperature = ["data.corpus_weights=temperature"]
+    overrides = [*corpora, *temperature, "data.sampling_alpha=0.5"]
+    data = typed(compose_cfg(overrides, tmp_path / "run")).data
+    assert data.temperature_alpha == 0.5 and data.corpus_weight_list is None
+    dm = AudioDataModule(data)
+    with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
+        dm.setup("fit")
+    by_hand = np.array([4.0, np.sqrt(2.0)]) / (4.0 + np.sqrt(2.0))  # sqrt(16) : sqrt(2)
+    np.testing.assert_allclose(dm.train_shares, by_hand)  # (0.739, 0.261; cropped: 2/3, 1/3)
+    assert dm.sampler("train").weights.tolist() == dm.train_shares.tolist()
+    (table,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")]
+    assert "sampled (temperature, alpha 0.5): share of each epoch's batches" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    for folder, want in ((big, ("8", "88.9%", "73.9%")), (small, ("2", "11.1%", "26.1%"))):
+        utterances, _hours, _cropped, natural, sampled = rows[str(folder / "train.tsv")]
+        assert (utterances, natural, sampled) == want  # natural: of the manifests' hours
+    # without data.sampling_alpha: XLS-R's 0.5; alpha 1: the natural shares
+    assert (
+        typed(compose_cfg([*corpora, *temperature], tmp_path / "r")).data.temperature_alpha == 0.5
+    )
+    one = typed(compose_cfg([*overrides, "data.sampling_alpha=1"], tmp_path / "r")).data
+    dm = AudioDataModule(one)
+    dm.setup("fit")
+    np.testing.assert_allclose(dm.train_shares, [16 / 18, 2 / 18])
+    # no weights: each utterance once, so each corpus gives its share of the cropped audio
+    caplog.clear()
+    dm = AudioDataModule(typed(compose_cfg(corpora, tmp_path / "r")).data)
+    with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
+        dm.setup("fit")
+    assert dm.train_shares is None and dm.sampler("train").weights is None
+    (table,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")]
+    assert "sampled: each utterance once per epoch (share of the cropped audio)" in table
+    rows = {line.split()[0]: line.split()[-2:] for line in table.splitlines()[2:]}
+    assert rows[str(big / "train.tsv")] == ["88.9%", "80.0%"]
+    assert rows[str(small / "train.tsv")] == ["11.1%", "20.0%"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["data.corpus_weights=temperature", "data.sampling_alpha=0"],
+            "error: data.sampling_alpha: must be in (0, 1] (XLS-R: 0.5; 1: natural "
+            "proportions), got 0.0",
+        ),
+        (
+            ["data.corpus_weights=temperature", "data.sampling_alpha=1.5"],
+            "error: data.sampling_alpha: must be in (0, 1]",
+        ),
+        (
+            ["data.sampling_alpha=0.5"],
+            "error: data.sampling_alpha=0.5 is only used with data.corpus_weights=temperature",
+        ),
+        (
+            ["data.corpus_weights=temprature"],
+            "error: data.corpus_weights: expected a list of positive weights, one per manifest "
+            "folder (1), or temperature, got 'temprature'",
+        ),
+        (
+            ["data.corpus_weights=[1,2]"],
+            "error: data.corpus_weights: one positive weight per manifest folder (1), got [1, 2]",
+        ),
+        (
+            ["data.corpus_weights=[a]"],
+            "error: data.corpus_weights: one positive weight per manifest folder (1), got ['a']",
+        ),
+    ],
+)
+def test_bad_corpus_sampling_is_one_line_error(tmp_path, overrides, message):
+    line = error_line([*FAST, *overrides], tmp_path)
+    assert line.startswith(message) and "\n" not in line, line
+
+
 def test_utterance_larger_than_budget_is_config_error():
     with pytest.raises(DataError, match=r"data.max_tokens=1000 is smaller than one utterance"):
         BucketBatchSampler(np.array([5000]), 1000)
@@ -503,13 +601,11 @@ def test_several_corpora_in_one_run(tmp_path):
         dm.setup("fit")
     finally:
         logging.getLogger("w2v2_pretrain.data.datamodule").removeHandler(handler)
-    lines = [r.getMessage() for r in records]
-    assert any(
-        f"{a.source}: 12 utterances" in x and "75.0% of each epoch's batches" in x for x in lines
-    )
-    assert any(
-        f"{b.source}: 11 utterances" in x and "25.0% of each epoch's batches" in x for x in lines
-    )
+    (table,) = [r.getMessage() for r in records if r.getMessage().startswith("train: ")]
+    assert "train: 2 corpora; sampled (weights [3.0, 1.0]): share of each epoch's batches" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows[str(a.source)][0] == "12" and rows[str(a.source)][-1] == "75.0%"
+    assert rows[str(b.source)][0] == "11" and rows[str(b.source)][-1] == "25.0%"
     assert any(f"{b.source}:5 (" in x and "b3.flac" in s for x in dm.skipped["train"] for s in [x])
     ds = dm.datasets["train"]
     corpora = ds.manifest.corpora()

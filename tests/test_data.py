@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import write_tone
+from helpers import FAST, compose_cfg, error_line, write_tone
 
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.config import DataConfig
@@ -22,7 +22,7 @@ from w2v2_pretrain.data.dataset import (
     crop_start,
 )
 from w2v2_pretrain.data.manifest import build_manifests, read_manifest
-from w2v2_pretrain.data.sampler import BucketBatchSampler
+from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
 from w2v2_pretrain.models.feature_encoder import frame_lengths
 
@@ -224,6 +224,172 @@ def test_corpus_weights_set_each_corpus_share_of_batches():
     # without weights: one epoch uses each utterance exactly once
     plain = BucketBatchSampler(sizes, 96_000, seed=4, corpora=corpora)
     assert sorted(i for b in plain for i, _, _ in b) == list(range(120))
+
+
+def test_corpus_shares_natural_weights_and_temperature():
+    """Hours 100, 10 and 1 h: naturally 100/111, 10/111, 1/111; with XLS-R's alpha 0.5 each
+    share is proportional to sqrt(hours / 111), i.e. 10 : sqrt(10) : 1 (0.706, 0.223, 0.071);
+    alpha 1 is the natural share; explicit weights are normalised."""
+    hours = np.array([100.0, 10.0, 1.0])
+    natural = corpus_shares(hours)
+    np.testing.assert_allclose(natural, [100 / 111, 10 / 111, 1 / 111])
+    by_hand = np.array([10.0, np.sqrt(10.0), 1.0]) / (11.0 + np.sqrt(10.0))
+    tempered = corpus_shares(hours, alpha=0.5)
+    np.testing.assert_allclose(tempered, by_hand)
+    np.testing.assert_allclose(tempered, [0.70610, 0.22329, 0.07061], atol=1e-5)
+    np.testing.assert_allclose(corpus_shares(hours, alpha=1.0), natural)
+    flatter = corpus_shares(hours, alpha=0.1)
+    assert flatter[2] > tempered[2] > natural[2] and flatter[0] < tempered[0] < natural[0]
+    np.testing.assert_allclose(corpus_shares(hours, weights=[3, 1, 4]), [3 / 8, 1 / 8, 4 / 8])
+    with pytest.raises(ValueError, match="alpha must be in"):
+        corpus_shares(hours, alpha=0.0)
+    with pytest.raises(ValueError, match="not both"):
+        corpus_shares(hours, weights=[1, 1, 1], alpha=0.5)
+
+
+def test_temperature_shares_are_realised_in_every_epoch():
+    """Three corpora of 3000, 300 and 30 clips (about 3, 0.3 and 0.03 h) sampled with alpha
+    0.5: each epoch's batches come from each corpus in its computed share (to one batch), its
+    audio to within a point; on two ranks the batches are the same, dealt disjointly, and a
+    resume continues exactly."""
+    rng = np.random.default_rng(0)
+    counts = [3000, 300, 30]
+    sizes = rng.integers(16_000, 96_000, size=sum(counts))
+    corpora = np.repeat(np.arange(3), counts)
+    hours = np.bincount(corpora, sizes) / 16_000 / 3600
+    shares = corpus_shares(hours, alpha=0.5)
+    assert shares[2] > 2 * counts[2] / sum(counts)  # the small corpus is upsampled
+
+    def sampler(rank: int = 0, world: int = 1) -> BucketBatchSampler:
+        return BucketBatchSampler(
+            sizes, 200_000, seed=5, corpora=corpora, weights=shares, num_replicas=world, rank=rank
+        )
+
+    one, ranks = sampler(), [sampler(r, 2) for r in range(2)]
+    for epoch in range(3):
+        for s in (one, *ranks):
+            s.set_epoch(epoch)
+        batches = list(one)
+        of = np.array([corpora[b[0][0]] for b in batches])
+        assert all(len({corpora[i] for i, _, _ in b}) == 1 for b in batches)
+        realised = np.bincount(of, minlength=3) / len(batches)
+        np.testing.assert_allclose(realised, shares, atol=1 / len(batches))
+        audio = np.bincount(of, [sum(sizes[i] for i, _, _ in b) for b in batches], 3)
+        np.testing.assert_allclose(audio / audio.sum(), shares, atol=0.01)
+        dealt = [list(s) for s in ranks]
+        assert len(dealt[0]) == len(dealt[1])
+        assert sorted(map(str, dealt[0] + dealt[1])) == sorted(map(str, batches))
+        keys = [{(i, c) for b in d for i, _, c in b} for d in dealt]
+        assert not keys[0] & keys[1]  # no utterance copy on both ranks
+    one.resume(epoch=2, consumed=7)
+    assert list(one) == batches[7:]
+
+
+def test_a_corpus_left_empty_gives_its_share_to_the_others():
+    """Weights for two corpora when the checks left the second empty: the first fills the
+    epoch, each utterance once."""
+    s = BucketBatchSampler(
+        np.full(8, 16_000), 32_000, corpora=np.zeros(8, dtype=np.int64), weights=[0.7, 0.3]
+    )
+    assert len(s) == 4 and sorted(i for b in s for i, _, c in b if c == 0) == list(range(8))
+
+
+def _two_corpora(tmp_path: Path) -> list[Path]:
+    """Two manifest folders of tones: 8 clips of 2 s (16 s) and 2 clips of 1 s (2 s)."""
+    folders = []
+    for name, n, seconds in (("big", 8, 2.0), ("small", 2, 1.0)):
+        m = manifest_of(tmp_path / name, {f"{name}{i}.flac": seconds for i in range(n)})
+        (m.source.parent / "valid.tsv").write_text(m.source.read_text())
+        folders.append(m.source.parent)
+    return folders
+
+
+def test_temperature_from_the_command_line(tmp_path, caplog):
+    """``data.corpus_weights=temperature data.sampling_alpha=0.5`` composed as the CLI does:
+    the sampler gets shares proportional to sqrt(hours) of the manifests' audio (not the
+    cropped), and the start-up table lists each corpus's hours and both shares."""
+    import logging
+
+    from w2v2_pretrain.train import typed
+
+    big, small = _two_corpora(tmp_path)
+    corpora = [
+        *FAST,
+        f"data.manifest_dir=[{big},{small}]",
+        "data.min_sample_size=8000",
+        "data.max_sample_size=16000",  # crops the big corpus's clips to 1 s (cropped: 8 s, 2 s)
+    ]
+    temperature = ["data.corpus_weights=temperature"]
+    overrides = [*corpora, *temperature, "data.sampling_alpha=0.5"]
+    data = typed(compose_cfg(overrides, tmp_path / "run")).data
+    assert data.temperature_alpha == 0.5 and data.corpus_weight_list is None
+    dm = AudioDataModule(data)
+    with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
+        dm.setup("fit")
+    by_hand = np.array([4.0, np.sqrt(2.0)]) / (4.0 + np.sqrt(2.0))  # sqrt(16) : sqrt(2)
+    np.testing.assert_allclose(dm.train_shares, by_hand)  # (0.739, 0.261; cropped: 2/3, 1/3)
+    assert dm.sampler("train").weights.tolist() == dm.train_shares.tolist()
+    (table,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")]
+    assert "sampled (temperature, alpha 0.5): share of each epoch's batches" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    for folder, want in ((big, ("8", "88.9%", "73.9%")), (small, ("2", "11.1%", "26.1%"))):
+        utterances, _hours, _cropped, natural, sampled = rows[str(folder / "train.tsv")]
+        assert (utterances, natural, sampled) == want  # natural: of the manifests' hours
+    # without data.sampling_alpha: XLS-R's 0.5; alpha 1: the natural shares
+    assert (
+        typed(compose_cfg([*corpora, *temperature], tmp_path / "r")).data.temperature_alpha == 0.5
+    )
+    one = typed(compose_cfg([*overrides, "data.sampling_alpha=1"], tmp_path / "r")).data
+    dm = AudioDataModule(one)
+    dm.setup("fit")
+    np.testing.assert_allclose(dm.train_shares, [16 / 18, 2 / 18])
+    # no weights: each utterance once, so each corpus gives its share of the cropped audio
+    caplog.clear()
+    dm = AudioDataModule(typed(compose_cfg(corpora, tmp_path / "r")).data)
+    with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
+        dm.setup("fit")
+    assert dm.train_shares is None and dm.sampler("train").weights is None
+    (table,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")]
+    assert "sampled: each utterance once per epoch (share of the cropped audio)" in table
+    rows = {line.split()[0]: line.split()[-2:] for line in table.splitlines()[2:]}
+    assert rows[str(big / "train.tsv")] == ["88.9%", "80.0%"]
+    assert rows[str(small / "train.tsv")] == ["11.1%", "20.0%"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["data.corpus_weights=temperature", "data.sampling_alpha=0"],
+            "error: data.sampling_alpha: must be in (0, 1] (XLS-R: 0.5; 1: natural "
+            "proportions), got 0.0",
+        ),
+        (
+            ["data.corpus_weights=temperature", "data.sampling_alpha=1.5"],
+            "error: data.sampling_alpha: must be in (0, 1]",
+        ),
+        (
+            ["data.sampling_alpha=0.5"],
+            "error: data.sampling_alpha=0.5 is only used with data.corpus_weights=temperature",
+        ),
+        (
+            ["data.corpus_weights=temprature"],
+            "error: data.corpus_weights: expected a list of positive weights, one per manifest "
+            "folder (1), or temperature, got 'temprature'",
+        ),
+        (
+            ["data.corpus_weights=[1,2]"],
+            "error: data.corpus_weights: one positive weight per manifest folder (1), got [1, 2]",
+        ),
+        (
+            ["data.corpus_weights=[a]"],
+            "error: data.corpus_weights: one positive weight per manifest folder (1), got ['a']",
+        ),
+    ],
+)
+def test_bad_corpus_sampling_is_one_line_error(tmp_path, overrides, message):
+    line = error_line([*FAST, *overrides], tmp_path)
+    assert line.startswith(message) and "\n" not in line, line
 
 
 def test_utterance_larger_than_budget_is_config_error():
@@ -436,13 +602,11 @@ def test_several_corpora_in_one_run(tmp_path):
         dm.setup("fit")
     finally:
         logging.getLogger("w2v2_pretrain.data.datamodule").removeHandler(handler)
-    lines = [r.getMessage() for r in records]
-    assert any(
-        f"{a.source}: 12 utterances" in x and "75.0% of each epoch's batches" in x for x in lines
-    )
-    assert any(
-        f"{b.source}: 11 utterances" in x and "25.0% of each epoch's batches" in x for x in lines
-    )
+    (table,) = [r.getMessage() for r in records if r.getMessage().startswith("train: ")]
+    assert "train: 2 corpora; sampled (weights [3.0, 1.0]): share of each epoch's batches" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows[str(a.source)][0] == "12" and rows[str(a.source)][-1] == "75.0%"
+    assert rows[str(b.source)][0] == "11" and rows[str(b.source)][-1] == "25.0%"
     assert any(f"{b.source}:5 (" in x and "b3.flac" in s for x in dm.skipped["train"] for s in [x])
     ds = dm.datasets["train"]
     corpora = ds.manifest.corpora()

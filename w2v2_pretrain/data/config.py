@@ -7,6 +7,7 @@ that must agree), naming the ``data.`` field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,11 @@ from w2v2_pretrain.data.dataset import CollateMode
 from w2v2_pretrain.data.verify import BadFilePolicy, VerifyLevel
 from w2v2_pretrain.errors import ConfigError
 
+TEMPERATURE = "temperature"
+"""``data.corpus_weights=temperature``: each corpus's share from its hours and an exponent."""
+XLSR_ALPHA = 0.5
+"""XLS-R's (and XLSR-53's) sampling exponent: ``data.sampling_alpha`` when not set."""
+
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -24,9 +30,16 @@ class DataConfig:
     manifest_dir: Any = MISSING
     """A folder with ``train.tsv`` and ``valid.tsv`` (made by ``w2v2-manifest`` or fairseq's
     ``wav2vec_manifest.py``), or a list of such folders (several corpora, each with its root)."""
-    corpus_weights: list[float] | None = None
-    """With several folders, each corpus's share of every epoch's training batches (normalised;
-    [3, 1]: three quarters from the first). None: as many batches as each corpus fills."""
+    corpus_weights: Any = None
+    """With several folders, each corpus's share of every epoch's training batches: a list of
+    positive weights, one per folder (normalised; [3, 1]: three quarters from the first), or
+    ``temperature``: corpus c's share is proportional to ``(hours_c / total) ** sampling_alpha``
+    (XLS-R's language sampling), its hours as its manifest lists them (before the
+    ``max_sample_size`` crop). None: each utterance once per epoch (natural proportions)."""
+    sampling_alpha: float | None = None
+    """With ``corpus_weights=temperature``: the exponent alpha in (0, 1]; 1 keeps the natural
+    proportions, smaller values flatten them toward uniform (upsampling the small corpora).
+    XLS-R (and XLSR-53) 0.5; None: 0.5."""
     sample_rate: int = 16_000
     """Rate the model expects (follows ``model.input.sample_rate``)."""
     normalize: bool = False
@@ -81,6 +94,45 @@ class DataConfig:
         """``audio_per_update`` in seconds (None: not set)."""
         return parse_audio_amount(self.audio_per_update, "data.audio_per_update")
 
+    @property
+    def corpus_weight_list(self) -> list[float] | None:
+        """``corpus_weights`` as explicit weights (None: natural or temperature sampling)."""
+        weights = self.corpus_weights
+        if weights is None or weights == TEMPERATURE:
+            return None
+        folders = len(self.manifest_dirs)
+        if isinstance(weights, str) or not isinstance(weights, Sequence):
+            raise ConfigError(
+                "data.corpus_weights: expected a list of positive weights, one per manifest "
+                f"folder ({folders}), or {TEMPERATURE}, got {weights!r}"
+            )
+        numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+        if not numbers or len(weights) != folders or min(weights) <= 0:
+            raise ConfigError(
+                "data.corpus_weights: one positive weight per manifest folder "
+                f"({folders}), got {list(weights)}"
+            )
+        return [float(w) for w in weights]
+
+    @property
+    def temperature_alpha(self) -> float | None:
+        """The temperature exponent alpha with ``corpus_weights=temperature`` (else None)."""
+        alpha = self.sampling_alpha
+        if self.corpus_weights != TEMPERATURE:
+            if alpha is not None:
+                raise ConfigError(
+                    f"data.sampling_alpha={alpha} is only used with "
+                    f"data.corpus_weights={TEMPERATURE}; set both, or neither"
+                )
+            return None
+        alpha = XLSR_ALPHA if alpha is None else alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise ConfigError(
+                f"data.sampling_alpha: must be in (0, 1] (XLS-R: {XLSR_ALPHA}; 1: natural "
+                f"proportions), got {alpha!r}"
+            )
+        return float(alpha)
+
     def validate(self) -> DataConfig:
         """Raise a one-line `ConfigError` naming the first bad ``data.`` field; return self."""
         for name in ("sample_rate", "max_sample_size", "max_tokens", "crop_alignment"):
@@ -93,12 +145,7 @@ class DataConfig:
         _at_least("seed", self.seed, None)
         if not self.manifest_dirs:
             raise ConfigError("data.manifest_dir: no manifest folder given")
-        weights = self.corpus_weights
-        if weights is not None and (len(weights) != len(self.manifest_dirs) or min(weights) <= 0):
-            raise ConfigError(
-                "data.corpus_weights: one positive weight per manifest folder "
-                f"({len(self.manifest_dirs)}), got {list(weights)}"
-            )
+        _ = self.corpus_weight_list, self.temperature_alpha  # parse, or name the field
         if self.min_sample_size > self.max_sample_size:
             raise ConfigError(
                 f"data.min_sample_size ({self.min_sample_size}) exceeds "

@@ -23,7 +23,7 @@ from w2v2_pretrain.data.dataset import (
     check_manifest,
 )
 from w2v2_pretrain.data.manifest import Manifest, read_manifest
-from w2v2_pretrain.data.sampler import BucketBatchSampler
+from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
 from w2v2_pretrain.data.verify import Scan, load_record, verified_scan
 from w2v2_pretrain.data.workers import worker_init_fn
 from w2v2_pretrain.errors import DataError
@@ -77,6 +77,8 @@ class AudioDataModule(pl.LightningDataModule):
         self.dropped: dict[str, dict[str, int]] = {}
         self.skipped: dict[str, list[str]] = {}
         self._samplers: dict[str, BucketBatchSampler] = {}
+        # (C,) each corpus's share of the training batches (None: each utterance once)
+        self.train_shares: np.ndarray | None = None
 
     def plan_masks_for(
         self, model: Wav2Vec2Config, train_seed: int, fixed: bool, val_seed: int
@@ -139,6 +141,8 @@ class AudioDataModule(pl.LightningDataModule):
             seed=self.cfg.seed,
             crop_alignment=self.cfg.crop_alignment,
         )
+        if split == "train":
+            self.train_shares = self._sampling_shares(ds)
         self._describe(split, ds)
         self.datasets[split] = ds
         return ds
@@ -172,18 +176,55 @@ class AudioDataModule(pl.LightningDataModule):
                 scan = verified_scan(manifest, level, progress=False, folder=folder, write=False)
         return scan
 
+    def _sampling_shares(self, ds: AudioDataset) -> np.ndarray | None:
+        """(C,) each corpus's share of the training batches, from ``data.corpus_weights``
+        (None: each utterance once per epoch). Temperature sampling weighs the hours of the
+        utterances kept, as their manifests list them: before the ``max_sample_size`` crop,
+        the hours a user knows a corpus by (XLS-R weighs each language's hours of data)."""
+        weights, alpha = self.cfg.corpus_weight_list, self.cfg.temperature_alpha
+        if (weights is None and alpha is None) or len(ds) == 0:
+            return None
+        return corpus_shares(
+            _corpus_hours(ds, ds.manifest.samples_at(ds.sample_rate)), weights, alpha
+        )
+
     def _describe(self, split: str, ds: AudioDataset) -> None:
-        """Log each corpus's size and, for training, its share of every epoch's batches."""
-        corpora = np.array(ds.manifest.corpora(), dtype=np.int64)
-        for c, source in enumerate(ds.manifest.sources):
-            mine = corpora == c
-            hours = float(ds.sizes[mine].sum()) / self.cfg.sample_rate / 3600
-            line = f"{split}: {source}: {int(mine.sum())} utterances, {hours:.2f} h (cropped)"
-            if split == "train" and len(ds.manifest.sources) > 1:
-                weights = self.cfg.corpus_weights
-                share = mine.mean() if weights is None else weights[c] / sum(weights)
-                line += f"; {share:.1%} of each epoch's batches"
-            log.info(line)
+        """Log one table of the corpora: utterances, hours (as the manifests list them, and
+        after the ``max_sample_size`` crop), the natural share (of the hours) and, for
+        training, the sampled share: of each epoch's batches (``train_shares``), or with no
+        weights, of the cropped audio read (each utterance once)."""
+        hours = _corpus_hours(ds, ds.manifest.samples_at(ds.sample_rate))
+        cropped = _corpus_hours(ds, ds.sizes)
+        natural = hours / hours.sum() if hours.sum() > 0 else np.zeros(len(hours))
+        utterances = np.bincount(ds.manifest.corpora(), minlength=len(hours))
+        names = [str(source) for source in ds.manifest.sources]
+        width = max(len("corpus"), *map(len, names))
+        head = f"{'corpus':<{width}}  {'utterances':>10}  {'hours':>9}  {'cropped h':>9}"
+        head += f"  {'natural':>7}"
+        title = f"{split}: {len(names)} " + ("corpus" if len(names) == 1 else "corpora")
+        sampled = None
+        if split == "train" and self.train_shares is not None:
+            alpha = self.cfg.temperature_alpha
+            how = (
+                f"temperature, alpha {alpha}"
+                if alpha
+                else f"weights {self.cfg.corpus_weight_list}"
+            )
+            title += f"; sampled ({how}): share of each epoch's batches"
+            sampled = self.train_shares
+        elif split == "train" and cropped.sum() > 0:
+            title += "; sampled: each utterance once per epoch (share of the cropped audio)"
+            sampled = corpus_shares(cropped)
+        if sampled is not None:
+            head += f"  {'sampled':>7}"
+        rows = [title, "  " + head]
+        for c, name in enumerate(names):
+            row = f"{name:<{width}}  {utterances[c]:>10d}  {hours[c]:>9.2f}  {cropped[c]:>9.2f}"
+            row += f"  {natural[c]:>7.1%}"
+            if sampled is not None:
+                row += f"  {sampled[c]:>7.1%}"
+            rows.append("  " + row)
+        log.info("\n".join(rows))
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -209,7 +250,7 @@ class AudioDataModule(pl.LightningDataModule):
             rank=rank,
             fixed_epoch=0 if self.fixed_order else None,
             corpora=np.array(ds.manifest.corpora(), dtype=np.int64),
-            weights=self.cfg.corpus_weights if train else None,
+            weights=self.train_shares if train else None,
         )
         self._samplers[split] = s
         return s
@@ -258,3 +299,9 @@ class AudioDataModule(pl.LightningDataModule):
             log.warning("%s: empty, no validation", folders)
             return []
         return self._loader("valid")
+
+
+def _corpus_hours(ds: AudioDataset, samples: np.ndarray) -> np.ndarray:
+    """(C,) hours per corpus of ``samples`` (N,), lengths at the dataset's rate."""
+    count = len(ds.manifest.sources)
+    return np.bincount(ds.manifest.corpora(), samples, count) / ds.sample_rate / 3600

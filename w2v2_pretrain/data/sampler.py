@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from w2v2_pretrain.errors import DataError
+
+
+def corpus_shares(
+    hours: np.ndarray, weights: Sequence[float] | None = None, alpha: float | None = None
+) -> np.ndarray:
+    """Each corpus's sampled share: natural, from explicit weights, or temperature-scaled.
+
+    Natural (neither given): ``hours_c / total``. ``weights``: ``weights_c / sum(weights)``.
+    ``alpha`` (``data.corpus_weights=temperature``): proportional to ``(hours_c / total) **
+    alpha``, as XLS-R samples its languages (alpha 0.5); alpha 1 is the natural share, and
+    smaller alphas move the shares toward uniform.
+
+    Args:
+        hours: (C,) hours of audio per corpus (the datamodule passes them as the manifests
+            list them, before the ``max_sample_size`` crop).
+        weights: (C,) positive weights, or None.
+        alpha: the exponent, in (0, 1], or None.
+
+    Returns:
+        (C,) float64 shares, summing to 1.
+    """
+    hours = np.asarray(hours, dtype=np.float64)
+    if weights is not None and alpha is not None:
+        raise ValueError("corpus_shares: explicit weights or a temperature alpha, not both")
+    if weights is not None:
+        raw = np.asarray(weights, dtype=np.float64)
+        if raw.shape != hours.shape or not (raw > 0).all():
+            raise ValueError(f"corpus_shares: one positive weight per corpus, got {weights}")
+        return raw / raw.sum()
+    if alpha is not None and not 0 < alpha <= 1:
+        raise ValueError(f"corpus_shares: alpha must be in (0, 1], got {alpha}")
+    if not (hours >= 0).all() or not hours.sum() > 0:
+        raise DataError(f"no audio to share out among the corpora (hours {hours.tolist()})")
+    natural = hours / hours.sum()
+    if alpha is None:
+        return natural
+    raw = natural**alpha
+    return raw / raw.sum()
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -21,10 +59,13 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     gets the same number of batches and each utterance is used exactly once per epoch.
 
     Several corpora (``corpora`` gives each item's) with ``weights``: each corpus is bucketed
-    on its own, and corpus c contributes ``weights[c] / sum(weights)`` of the epoch's batches,
-    drawn from its own (every batch once per whole share, the remainder at random; an
-    upsampled batch's copies are numbered so that their crops and masks differ). The number of
-    batches per epoch stays fixed, and batches stay length-homogeneous.
+    on its own, and corpus c contributes ``round(weights[c] / sum(weights) * B)`` of the
+    epoch's B batches (B: the batches the corpora fill, each once), drawn from its own (every
+    batch once per whole share, the remainder at random; an upsampled batch's copies are
+    numbered so that their crops and masks differ). The number of batches per epoch stays
+    fixed, and batches stay length-homogeneous; as each holds about ``max_tokens`` samples, a
+    corpus's share of the batches is about its share of the epoch's audio. `corpus_shares`
+    makes the weights from hours (natural, explicit or temperature).
 
     Yields lists of ``(index, epoch, copy)``, the keys `AudioDataset` takes.
 
@@ -51,13 +92,14 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         fixed_epoch: int | None = None,
         corpora: np.ndarray | None = None,
-        weights: list[float] | None = None,
+        weights: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.corpora = None if corpora is None else np.asarray(corpora, dtype=np.int64)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        # every item's corpus has a weight (a corpus the checks left empty may have one too)
         if self.weights is not None and (
-            self.corpora is None or len(self.weights) != self.corpora.max(initial=-1) + 1
+            self.corpora is None or self.corpora.max(initial=-1) >= len(self.weights)
         ):
             raise DataError("one sampling weight per corpus is needed")
         if len(self.sizes) < num_replicas:
@@ -120,8 +162,10 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
                 self._bucket(np.flatnonzero(self.corpora == c), tiebreak)
                 for c in range(len(self.weights))
             ]
-            total = sum(len(b) - 1 for _, b in per)
-            share = self.weights / self.weights.sum()
+            counts = np.array([len(b) - 1 for _, b in per])
+            total = int(counts.sum())
+            live = np.where(counts > 0, self.weights, 0.0)  # an empty corpus's share: the rest's
+            share = live / live.sum()
             orders, starts, ends, copies, base = [], [], [], [], 0
             for c, (own, bounds) in enumerate(per):
                 count = len(bounds) - 1

@@ -59,3 +59,27 @@ def test_fsdp_run_through_the_cli(tmp_path):
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     model = Wav2Vec2Model(Wav2Vec2Config.from_dict(ckpt["hyper_parameters"]["model"]))
     model.load_state_dict(state, strict=True)
+
+
+def test_the_xlsr_recipe_composes_with_fsdp(tmp_path):
+    """The command the docs give: LARGE's recipe with an XLS-R size, sharded (composed and
+    typed only: a 2B model is not built here)."""
+    from w2v2_pretrain.models import preset
+    from w2v2_pretrain.paths import REPO_ROOT
+
+    run = typed(
+        compose_cfg(
+            [
+                "experiment=large_librivox",
+                "model=xlsr_2b",
+                "trainer=fsdp",
+                "model.context_network.checkpoint_activations=true",
+                f"data.manifest_dir={REPO_ROOT / 'data' / 'manifests'}",
+            ],
+            tmp_path,
+        )
+    )
+    expected = preset("xlsr_2b")
+    expected.context_network.checkpoint_activations = True
+    assert run.model == expected and run.data.max_tokens == 1_200_000
+    assert run.trainer["strategy"]["_target_"].endswith("FSDPStrategy")

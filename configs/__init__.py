@@ -1,8 +1,9 @@
 """The Hydra configs (this folder is installed as the package ``w2v2_pretrain.configs``).
 
 `register_configs` adds the typed nodes the YAML files are composed onto: the root schema of
-``train.yaml``, the ``data`` schema, the model presets (``model=tiny|base|large``, the Python
-presets being the single source of truth) and the run-health thresholds.
+``train.yaml``, the ``data`` schema, the model presets (``model=tiny|base|large|xlsr_300m|
+xlsr_1b|xlsr_2b``, the Python presets of models/config.py being the single source of truth)
+and the run-health thresholds.
 """
 
 from __future__ import annotations

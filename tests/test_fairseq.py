@@ -10,11 +10,13 @@ has saved them (an argparse namespace; a pickled omegaconf DictConfig; a plain `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import subprocess
 import sys
 import types
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,67 @@ from w2v2_pretrain.paths import REPO_ROOT
 transformers = pytest.importorskip("transformers")
 
 CONV = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2
-CONV_SOURCE = "[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128,2,2)] * 2"  # as fairseq's CLI wrote it
 E, LAYERS, FFN, G, V, LATENT, FINAL, K_POS, POS_GROUPS = 96, 2, 192, 2, 16, 64, 48, 16, 8
 
 
-def fairseq_state(mode: str, conv_bias: bool, weight_norm: str, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class Shape:
+    """The widths of a fairseq model, by fairseq's option names (default: the small model the
+    tests here use); its seven convs have BASE's kernels and strides."""
+
+    conv_channels: int = 128
+    encoder_layers: int = LAYERS
+    encoder_embed_dim: int = E
+    encoder_ffn_embed_dim: int = FFN
+    encoder_attention_heads: int = 4
+    latent_groups: int = G
+    latent_vars: int = V
+    latent_dim: int = LATENT  # 0: final_dim
+    final_dim: int = FINAL
+    conv_pos: int = K_POS
+    conv_pos_groups: int = POS_GROUPS
+
+    @property
+    def convs(self) -> list[tuple[int, int, int]]:
+        c = self.conv_channels
+        return [(c, 10, 5)] + [(c, 3, 2)] * 4 + [(c, 2, 2)] * 2
+
+    @property
+    def conv_feature_layers(self) -> str:
+        """As fairseq's command line wrote it."""
+        c = self.conv_channels
+        return f"[({c}, 10, 5)] + [({c}, 3, 2)] * 4 + [({c},2,2)] * 2"
+
+    @property
+    def codevector_dim(self) -> int:
+        return self.latent_dim or self.final_dim
+
+    def fields(self) -> dict:
+        fields = dataclasses.asdict(self)
+        del fields["conv_channels"]
+        return fields | {"conv_feature_layers": self.conv_feature_layers}
+
+
+SMALL = Shape()
+
+
+def fairseq_state(
+    mode: str, conv_bias: bool, weight_norm: str, seed: int = 0, shape: Shape = SMALL
+) -> dict:
     """A state dict with fairseq ``Wav2Vec2Model``'s names and shapes (random values)."""
+    CONV, E, LAYERS, FFN = (
+        shape.convs,
+        shape.encoder_embed_dim,
+        shape.encoder_layers,
+        shape.encoder_ffn_embed_dim,
+    )
+    G, V, LATENT, FINAL = (
+        shape.latent_groups,
+        shape.latent_vars,
+        shape.codevector_dim,
+        shape.final_dim,
+    )
+    K_POS, POS_GROUPS = shape.conv_pos, shape.conv_pos_groups
     gen = torch.Generator().manual_seed(seed)
 
     def r(*shape):
@@ -82,15 +139,11 @@ def fairseq_state(mode: str, conv_bias: bool, weight_norm: str, seed: int = 0) -
     return sd
 
 
-def model_fields(mode: str, conv_bias: bool) -> dict:
+def model_fields(mode: str, conv_bias: bool, shape: Shape = SMALL) -> dict:
     """fairseq ``Wav2Vec2Config`` fields of the model above (fairseq's names)."""
-    return {
+    return shape.fields() | {
         "_name": "wav2vec2",
         "extractor_mode": "default" if mode == "group" else "layer_norm",
-        "encoder_layers": LAYERS,
-        "encoder_embed_dim": E,
-        "encoder_ffn_embed_dim": FFN,
-        "encoder_attention_heads": 4,
         "activation_fn": "gelu",
         "dropout": 0.05,
         "attention_dropout": 0.07,
@@ -98,9 +151,7 @@ def model_fields(mode: str, conv_bias: bool) -> dict:
         "encoder_layerdrop": 0.02,
         "dropout_input": 0.1,
         "dropout_features": 0.1,
-        "final_dim": FINAL,
         "layer_norm_first": mode == "layer_norm",
-        "conv_feature_layers": CONV_SOURCE,
         "conv_bias": conv_bias,
         "logit_temp": 0.1,
         "quantize_targets": True,
@@ -108,9 +159,6 @@ def model_fields(mode: str, conv_bias: bool) -> dict:
         "same_quantizer": False,
         "target_glu": False,
         "feature_grad_mult": 0.1,
-        "latent_vars": V,
-        "latent_groups": G,
-        "latent_dim": LATENT,
         "mask_length": 10,
         "mask_prob": 0.65,
         "mask_selection": "static",
@@ -120,17 +168,19 @@ def model_fields(mode: str, conv_bias: bool) -> dict:
         "num_negatives": 100,
         "cross_sample_negatives": 0,
         "codebook_negatives": 0,
-        "conv_pos": K_POS,
-        "conv_pos_groups": POS_GROUPS,
         "latent_temp": [2.0, 0.5, 0.999995],
     }
 
 
 def fairseq_checkpoint(
-    form: str, mode: str = "group", conv_bias: bool = False, weight_norm: str = "legacy"
+    form: str,
+    mode: str = "group",
+    conv_bias: bool = False,
+    weight_norm: str = "legacy",
+    shape: Shape = SMALL,
 ) -> dict:
     """The whole file, in one of the three ways fairseq has saved it."""
-    model = model_fields(mode, conv_bias)
+    model = model_fields(mode, conv_bias, shape)
     task = {
         "_name": "audio_pretraining",
         "data": "/data",
@@ -145,7 +195,7 @@ def fairseq_checkpoint(
         "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
     }
     ckpt = {
-        "model": fairseq_state(mode, conv_bias, weight_norm),
+        "model": fairseq_state(mode, conv_bias, weight_norm, shape=shape),
         "optimizer_history": [
             {
                 "criterion_name": "Wav2vecCriterion",

@@ -23,7 +23,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from w2v2_pretrain.interop.hf import to_hf_model  # noqa: E402
+from w2v2_pretrain.interop.hf import to_hf_config, to_hf_model  # noqa: E402
 from w2v2_pretrain.models import Wav2Vec2Model, preset  # noqa: E402
 from w2v2_pretrain.models.masking import MaskPlan, compute_span_mask  # noqa: E402
 from w2v2_pretrain.models.objective import sample_distractors  # noqa: E402
@@ -139,17 +139,61 @@ def test_same_weights_same_outputs(name):
         )
 
 
-@pytest.mark.parametrize("name", ["base", "large"])
+# The released transformers configs (config.json of facebook/wav2vec2-xls-r-300m, -1b, -2b):
+# all three have feat_extract_norm "layer", conv_bias true, do_stable_layer_norm true, 16 heads,
+# a 128-wide positional conv in 16 groups, 2 x 320 codevectors and 7 convs of 512 channels.
+XLSR_RELEASED = {
+    "xlsr_300m": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+                      codevector_dim=768, proj_codevector_dim=768),
+    "xlsr_1b": dict(num_hidden_layers=48, hidden_size=1280, intermediate_size=5120,
+                    codevector_dim=1024, proj_codevector_dim=1024),
+    "xlsr_2b": dict(num_hidden_layers=48, hidden_size=1920, intermediate_size=7680,
+                    codevector_dim=1024, proj_codevector_dim=1024),
+}  # fmt: skip
+XLSR_COMMON = dict(
+    feat_extract_norm="layer",
+    conv_bias=True,
+    do_stable_layer_norm=True,
+    num_attention_heads=16,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    num_codevector_groups=2,
+    num_codevectors_per_group=320,
+    conv_dim=[512] * 7,
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+)
+# millions of parameters, ours and transformers' alike
+COUNTS = {"base": 95.0, "large": 317.4, "xlsr_300m": 317.4, "xlsr_1b": 965.5, "xlsr_2b": 2162.9}
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
 def test_parameter_counts_equal_transformers(name):
-    """BASE about 95.0M, LARGE about 317M: the same count as transformers' model."""
+    """Every preset has as many parameters as transformers' model of the same shapes (built on
+    the meta device: no weights allocated). The one tensor of ours without a transformers
+    module of the same name, the mask embedding, is its ``masked_spec_embed`` (D,)."""
     with torch.device("meta"):
         ours = Wav2Vec2Model(preset(name))
-        theirs = transformers.Wav2Vec2ForPreTraining(
-            __import__("w2v2_pretrain.interop.hf", fromlist=["to_hf_config"]).to_hf_config(
-                preset(name)
-            )
-        )
-    n_ours = sum(p.numel() for p in ours.parameters())
-    n_theirs = sum(p.numel() for p in theirs.parameters())
-    assert n_ours == n_theirs
-    assert round(n_ours / 1e6, 1) == {"base": 95.0, "large": 317.4}[name]
+        theirs = transformers.Wav2Vec2ForPreTraining(to_hf_config(preset(name)))
+    assert theirs.wav2vec2.masked_spec_embed.shape == ours.mask_embedding.shape
+    assert count(ours) == count(theirs)
+    assert round(count(ours) / 1e6, 1) == COUNTS[name]
+
+
+@pytest.mark.parametrize("name", list(XLSR_RELEASED))
+def test_xlsr_presets_have_the_released_shapes(name):
+    """Our XLS-R presets are the released models: their transformers config fields, and the
+    parameter count of a ``Wav2Vec2ForPreTraining`` built from the published values alone."""
+    published = XLSR_RELEASED[name] | XLSR_COMMON
+    hf = to_hf_config(preset(name))
+    assert {k: getattr(hf, k) for k in published} == published
+    with torch.device("meta"):
+        released = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**published))
+        ours = Wav2Vec2Model(preset(name))
+    assert count(ours) == count(released)
+    cfg = preset(name)
+    assert cfg.input.normalize and cfg.feature_encoder.feature_grad_mult == 1.0

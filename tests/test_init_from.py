@@ -180,3 +180,154 @@ def test_init_from_refuses_a_model_saved_for_fine_tuning(tmp_path):
     )
     assert missing.returncode == 2
     assert "error: init_from is required by experiment=continue_pretraining" in missing.stderr
+
+
+# -- XLS-R: the released key layout at a width and depth this machine runs -------------------
+
+# XLS-R 1B's kind of model (feat_extract_norm "layer", conv bias, stable layer norm, 16 heads,
+# 2 x 320 codevectors, codevector_dim = proj_codevector_dim) at a small width and depth
+XLSR_SMALL = dict(
+    feat_extract_norm="layer",
+    conv_bias=True,
+    do_stable_layer_norm=True,
+    num_attention_heads=16,
+    num_codevector_groups=2,
+    num_codevectors_per_group=320,
+    hidden_size=64,
+    num_hidden_layers=3,
+    intermediate_size=256,
+    conv_dim=[32] * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=16,
+    codevector_dim=48,
+    proj_codevector_dim=48,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    feat_proj_dropout=0.0,
+)
+
+
+def xlsr_like(embed_dim: int, num_layers: int, ffn_dim: int, final_dim: int):
+    """The xlsr_1b preset with another width and depth (what the small sources below hold)."""
+    from w2v2_pretrain.models import preset
+
+    cfg = preset("xlsr_1b")
+    cn = cfg.context_network
+    cn.embed_dim, cn.num_layers, cn.ffn_dim = embed_dim, num_layers, ffn_dim
+    cfg.final_dim = cfg.quantizer.codevector_dim = final_dim
+    return cfg
+
+
+def assert_xlsr_kind(got, expected) -> None:
+    """The architecture and the settings no source records are XLS-R's (LARGE's recipe)."""
+    assert got.feature_encoder == expected.feature_encoder
+    q, want = got.quantizer, expected.quantizer
+    assert (q.num_groups, q.num_vars, q.codevector_dim) == (want.num_groups, want.num_vars, 48)
+    for name in ("embed_dim", "num_layers", "ffn_dim", "num_heads", "layer_norm_first"):
+        assert getattr(got.context_network, name) == getattr(expected.context_network, name)
+    assert got.final_dim == expected.final_dim and got.input.normalize
+
+
+def test_init_from_an_xlsr_shaped_transformers_folder_loads_every_tensor(tmp_path):
+    """A Wav2Vec2ForPreTraining of XLS-R 1B's layout saved by transformers itself: the run
+    takes its architecture, every tensor exactly, and computes what transformers computes."""
+    config = transformers.Wav2Vec2Config(**XLSR_SMALL, conv_kernel=[10, 3, 3, 3, 3, 2, 2])
+    torch.manual_seed(5)
+    theirs = transformers.Wav2Vec2ForPreTraining(config).eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    transformers.Wav2Vec2FeatureExtractor(
+        do_normalize=True, return_attention_mask=True
+    ).save_pretrained(tmp_path / "hf")
+    cfg = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={small_manifests(tmp_path, 4)}",
+            "data.normalize=true",  # the source normalizes its input
+            f"init_from={tmp_path / 'hf'}",
+        ],
+        tmp_path / "run",
+    )
+    module = build(cfg)[1]
+    expected = xlsr_like(64, 3, 256, 48)
+    expected.feature_encoder.conv_layers = [
+        [32, k, s] for _, k, s in expected.feature_encoder.conv_layers
+    ]
+    expected.context_network.conv_pos, expected.context_network.conv_pos_groups = 16, 16
+    assert_xlsr_kind(module.cfg, expected)
+    # transformers records no Gumbel schedule: XLS-R's (floor 0.1), from its end
+    assert module.cfg.quantizer.temperature == [0.1, 0.1, 0.999995]
+    state = theirs.state_dict()
+    ours = to_hf_state_dict(module.model.state_dict())
+    assert set(ours) == {k for k in state if not k.startswith(("lm_head", "dropout"))}
+    for key, value in ours.items():
+        assert torch.equal(value, state[key]), key
+    module.model.eval()
+    x = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.model.extract(x).hidden,
+            theirs.wav2vec2(x).last_hidden_state,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_init_from_an_xlsr_shaped_fairseq_checkpoint_loads_every_tensor(tmp_path):
+    """A fairseq checkpoint with XLS-R's layout (``extractor_mode=layer_norm``: the conv block's
+    norm at ``conv_layers.i.2.1``; conv biases; ``layer_norm_first`` with ``encoder.layer_norm``;
+    ``latent_dim`` 0, so the codevectors are ``final_dim`` wide; the cfg-dict form fairseq saved
+    XLS-R in) at a small width and depth: every tensor lands where it belongs."""
+    from test_fairseq import Shape, fairseq_checkpoint
+
+    shape = Shape(
+        conv_channels=32,
+        encoder_layers=3,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=256,
+        encoder_attention_heads=16,
+        latent_groups=2,
+        latent_vars=320,
+        latent_dim=0,
+        final_dim=48,
+        conv_pos=16,
+        conv_pos_groups=16,
+    )
+    ckpt = fairseq_checkpoint("dict", "layer_norm", conv_bias=True, shape=shape)
+    ckpt["cfg"]["model"]["feature_grad_mult"] = 1.0
+    ckpt["cfg"]["criterion"]["loss_weights"] = [0.1, 0.0]
+    source = tmp_path / "xlsr2_small.pt"
+    torch.save(ckpt, source)
+    cfg = compose_cfg(
+        [
+            *FAST,
+            f"data.manifest_dir={small_manifests(tmp_path, 4)}",
+            "data.normalize=true",
+            f"init_from={source}",
+        ],
+        tmp_path / "run",
+    )
+    module = build(cfg)[1]
+    expected = xlsr_like(64, 3, 256, 48)
+    expected.feature_encoder.conv_layers = [list(c) for c in shape.convs]
+    expected.context_network.conv_pos, expected.context_network.conv_pos_groups = 16, 16
+    assert_xlsr_kind(module.cfg, expected)
+    assert module.cfg.objective.feature_penalty_weight == 0.0  # the source's loss_weights
+    fs, ours = ckpt["model"], module.model.state_dict()
+    assert len(ours) == len(fs)  # one of ours for each of fairseq's
+    assert torch.equal(ours["quantizer.codebook"], fs["quantizer.vars"].view(2, 320, 24))
+    assert torch.equal(
+        ours["feature_encoder.conv_layers.6.norm.weight"],
+        fs["feature_extractor.conv_layers.6.2.1.weight"],
+    )
+    assert torch.equal(
+        ours["feature_encoder.conv_layers.3.conv.bias"],
+        fs["feature_extractor.conv_layers.3.0.bias"],
+    )
+    assert torch.equal(ours["context_network.layer_norm.bias"], fs["encoder.layer_norm.bias"])
+    assert torch.equal(
+        ours["context_network.layers.2.ffn.fc2.weight"], fs["encoder.layers.2.fc2.weight"]
+    )
+    assert torch.equal(
+        ours["context_network.pos_conv.conv.parametrizations.weight.original1"],
+        fs["encoder.pos_conv.0.weight_v"],
+    )

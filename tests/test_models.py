@@ -82,6 +82,30 @@ def test_feature_grad_mult_scales_encoder_gradient():
     assert frozen is None
 
 
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_checkpointed_blocks_give_the_same_gradients(pre_ln):
+    """``checkpoint_activations`` recomputes each block in backward (dropout included: its
+    random state is replayed): the loss and every gradient equal those of a plain pass."""
+
+    def grads(checkpointed: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        cfg = preset("tiny")
+        cfg.context_network.layer_norm_first = pre_ln
+        cfg.context_network.checkpoint_activations = checkpointed
+        m = Wav2Vec2Model(cfg).train()
+        x = torch.randn(2, 16_000, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(3)  # dropout's draws
+        out = m(x, temperature=1.0, noise=gen(2))
+        out.loss.total.backward()
+        return out.loss.total, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    (loss, plain), (loss_ckpt, ckpt) = grads(False), grads(True)
+    torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=0)
+    assert plain.keys() == ckpt.keys() and len(plain) > 40
+    for name, g in plain.items():
+        torch.testing.assert_close(ckpt[name], g, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_padding_does_not_leak():
     """An utterance's representations are the same alone and in a padded batch.
 

@@ -459,11 +459,50 @@ def tiny() -> Wav2Vec2Config:
     return cfg
 
 
-PRESETS = {"tiny": tiny, "base": base, "large": large}
+def _xlsr(*, num_layers: int, embed_dim: int, ffn_dim: int, final_dim: int) -> Wav2Vec2Config:
+    """An XLS-R size (Babu et al. 2021, table 1; the released transformers configs): LARGE's
+    kind of model (layer-norm encoder with conv bias, pre-LN, 16 heads, positional conv 128 in
+    16 groups, 2 x 320 codevectors, normalized input) at another depth and width, its
+    codevectors as wide as ``final_dim`` (transformers' ``codevector_dim`` =
+    ``proj_codevector_dim``; fairseq ``latent_dim`` 0). The training settings are LARGE's."""
+    cfg = large()
+    cn = cfg.context_network
+    cn.num_layers, cn.embed_dim, cn.ffn_dim = num_layers, embed_dim, ffn_dim
+    cfg.final_dim = cfg.quantizer.codevector_dim = final_dim
+    return cfg
+
+
+def xlsr_300m() -> Wav2Vec2Config:
+    """XLS-R 300M (317.4M parameters, LARGE's architecture; ``facebook/wav2vec2-xls-r-300m``):
+    24 x 1024, FFN 4096, final_dim 768."""
+    return _xlsr(num_layers=24, embed_dim=1024, ffn_dim=4096, final_dim=768)
+
+
+def xlsr_1b() -> Wav2Vec2Config:
+    """XLS-R 1B (965.5M parameters; ``facebook/wav2vec2-xls-r-1b``): 48 x 1280, FFN 5120,
+    final_dim 1024."""
+    return _xlsr(num_layers=48, embed_dim=1280, ffn_dim=5120, final_dim=1024)
+
+
+def xlsr_2b() -> Wav2Vec2Config:
+    """XLS-R 2B (2162.9M parameters; ``facebook/wav2vec2-xls-r-2b``): 48 x 1920, FFN 7680
+    (heads of 120), final_dim 1024."""
+    return _xlsr(num_layers=48, embed_dim=1920, ffn_dim=7680, final_dim=1024)
+
+
+PRESETS = {
+    "tiny": tiny,
+    "base": base,
+    "large": large,
+    "xlsr_300m": xlsr_300m,
+    "xlsr_1b": xlsr_1b,
+    "xlsr_2b": xlsr_2b,
+}
 
 
 def preset(name: str) -> Wav2Vec2Config:
-    """``tiny``, ``base`` or ``large``."""
+    """One of `PRESETS`: ``tiny``, ``base``, ``large``, ``xlsr_300m``, ``xlsr_1b``,
+    ``xlsr_2b``."""
     if name not in PRESETS:
         raise ConfigError(f"model preset {name!r} unknown; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()

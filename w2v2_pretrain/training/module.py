@@ -123,6 +123,7 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         """The run's resolved config as plain data (set by ``train``): kept in checkpoints under
         ``run_config``, so a resume can say which settings changed (training/resume.py)."""
+        self._flush_pending = False  # a checkpoint was saved: flush the logger at the next batch
 
     def configure_model(self) -> None:
         if self.compile and not hasattr(self.model.context_network, "_orig_mod"):
@@ -418,12 +419,25 @@ class Wav2Vec2Pretraining(pl.LightningModule):
 
     # -- exact resume: random state travels with the checkpoint -------------------------------
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # what was logged up to this checkpoint reaches the disk before it: a kill -9 after the
-        # save loses no logged update (the resumed run logs from the checkpoint's step on)
+    def _flush_logger(self) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if callable(getattr(experiment, "flush", None)):
             experiment.flush()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:  # noqa: ARG002
+        # the update a checkpoint was saved at logs its metrics after the save (Lightning logs
+        # after the batch-end callbacks): flush them at the next batch, so that a kill -9 soon
+        # after the save loses no update the resumed run will not log again
+        if self._flush_pending:
+            self._flush_pending = False
+            self._flush_logger()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what was logged up to this checkpoint reaches the disk before it, and the metrics of
+        # its own update at the next batch (on_train_batch_start): a kill -9 after the save
+        # loses no logged update (the resumed run logs from the checkpoint's step on)
+        self._flush_logger()
+        self._flush_pending = True
         # plain types and tensors only: checkpoints load with torch.load(weights_only=True)
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         version, internal, gauss_next = random.getstate()

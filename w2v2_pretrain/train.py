@@ -244,7 +244,10 @@ def train(cfg: DictConfig) -> TrainResult:
         except W2V2Error as e:
             last = checkpoint_dir / "last.ckpt"
             if last.is_file():
-                raise type(e)(f"{e} [checkpoint: {last}; continue with resume=true]") from None
+                # one_line: the message of an error a loader worker raised, not its traceback
+                raise type(e)(
+                    f"{one_line(e)} [checkpoint: {last}; continue with resume=true]"
+                ) from None
             raise
     return _result(run, trainer, module, metrics if stops.signal is None else {}, stops.signal)
 

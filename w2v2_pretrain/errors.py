@@ -9,6 +9,11 @@ class DataError(W2V2Error):
     """A manifest, audio file or directory that cannot be used."""
 
 
+class SourceUnavailable(DataError):
+    """Where the data is stored failed (a server gone, a dropped connection retried in vain),
+    not one file: the run stops, checkpointed, instead of skipping the file."""
+
+
 class ConfigError(W2V2Error, ValueError):
     """A configuration value that is out of range or inconsistent."""
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -113,7 +114,7 @@ def inspect_audio(path: str | Path, decode: bool = False) -> AudioInfo | AudioPr
 
 
 def _decode_window(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     where: str,
     sample_rate: int,
     resample: bool,
@@ -125,7 +126,7 @@ def _decode_window(
     """The decoded frames `read_audio` needs, at the file's own rate, (F, channels); the
     file's header; and the part of the resampled result that is the window."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(path if hasattr(path, "read") else str(path)) as f:
             info = AudioInfo(f.frames, f.samplerate, f.channels)
             problem = format_problem(info, sample_rate, resample, downmix, expected_samples)
             if problem:
@@ -150,7 +151,7 @@ def _decode_window(
 
 
 def read_audio(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     sample_rate: int = 16_000,
     resample: bool = True,
     downmix: bool = True,
@@ -162,7 +163,8 @@ def read_audio(
     """Read one file as float32 mono at ``sample_rate``, or only a window of it.
 
     Args:
-        path: audio file soundfile can read (FLAC, WAV, OGG, ...).
+        path: audio file soundfile can read (FLAC, WAV, OGG, ...), or such a file's bytes
+            as a seekable binary stream (a shard's member).
         sample_rate: rate the model expects (16 kHz for wav2vec 2.0).
         resample: resample other rates with torchaudio; False refuses them.
         downmix: average channels to mono; False refuses multi-channel files.

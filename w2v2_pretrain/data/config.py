@@ -29,7 +29,20 @@ class DataConfig:
 
     manifest_dir: Any = MISSING
     """A folder with ``train.tsv`` and ``valid.tsv`` (made by ``w2v2-manifest`` or fairseq's
-    ``wav2vec_manifest.py``), or a list of such folders (several corpora, each with its root)."""
+    ``wav2vec_manifest.py``), or a list of such folders (several corpora, each with its root).
+    None with ``shards``."""
+    shards: Any = None
+    """Instead of manifests (``data=shards``): a shard folder written by ``w2v2-shard``, or
+    where it is served or stored: ``https://host/ls960``, ``s3://bucket/ls960`` (any URL
+    fsspec opens, with its package installed), ``pipe:aws s3 cp s3://bucket/ls960/{} -``; or a
+    list of them (several corpora). The batch plan deals shards to the ``num_workers`` loader
+    workers of each rank: a resume keeps ``num_workers`` (and the world size) to continue the
+    interrupted epoch exactly."""
+    shard_retries: int = 3
+    """Further tries of a shard read that failed (a dropped connection, a server away), each
+    after twice the wait of the last (1 s, 2 s, 4 s); then the run stops, checkpointed."""
+    shard_timeout: float = 30.0
+    """Seconds a shard's connection may stay silent before its read counts as failed."""
     corpus_weights: Any = None
     """With several folders, each corpus's share of every epoch's training batches: a list of
     positive weights, one per folder (normalised; [3, 1]: three quarters from the first), or
@@ -84,10 +97,26 @@ class DataConfig:
 
     @property
     def manifest_dirs(self) -> list[str]:
-        """The manifest folders, one or several."""
+        """The manifest folders, one or several (none with ``shards``)."""
+        if self.manifest_dir is None:
+            return []
         if isinstance(self.manifest_dir, (list, tuple)):
             return [str(d) for d in self.manifest_dir]
         return [str(self.manifest_dir)]
+
+    @property
+    def shard_locations(self) -> list[str]:
+        """The shard folders or URLs, one or several (none with manifests)."""
+        if self.shards is None:
+            return []
+        if isinstance(self.shards, (list, tuple)):
+            return [str(d) for d in self.shards]
+        return [str(self.shards)]
+
+    @property
+    def corpora(self) -> list[str]:
+        """Each corpus's manifest folder or shard location."""
+        return self.manifest_dirs or self.shard_locations
 
     @property
     def audio_seconds_per_update(self) -> float | None:
@@ -100,7 +129,7 @@ class DataConfig:
         weights = self.corpus_weights
         if weights is None or weights == TEMPERATURE:
             return None
-        folders = len(self.manifest_dirs)
+        folders = len(self.corpora)
         if isinstance(weights, str) or not isinstance(weights, Sequence):
             raise ConfigError(
                 "data.corpus_weights: expected a list of positive weights, one per manifest "
@@ -143,8 +172,16 @@ class DataConfig:
         for name in ("min_sample_size", "num_workers"):
             _at_least(name, getattr(self, name), 0)
         _at_least("seed", self.seed, None)
-        if not self.manifest_dirs:
-            raise ConfigError("data.manifest_dir: no manifest folder given")
+        if self.manifest_dirs and self.shard_locations:
+            raise ConfigError(
+                "data.shards: given with data.manifest_dir; train from one or the other "
+                "(data=shards sets data.manifest_dir=null)"
+            )
+        if not self.corpora:
+            raise ConfigError("data.manifest_dir: no manifest folder given (or data.shards)")
+        _at_least("shard_retries", self.shard_retries, 0)
+        if not (isinstance(self.shard_timeout, (int, float)) and self.shard_timeout > 0):
+            raise ConfigError(f"data.shard_timeout: must be positive, got {self.shard_timeout}")
         _ = self.corpus_weight_list, self.temperature_alpha  # parse, or name the field
         if self.min_sample_size > self.max_sample_size:
             raise ConfigError(

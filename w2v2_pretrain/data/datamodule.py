@@ -24,6 +24,13 @@ from w2v2_pretrain.data.dataset import (
 )
 from w2v2_pretrain.data.manifest import Manifest, read_manifest
 from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
+from w2v2_pretrain.data.shards import (
+    ShardBatchSampler,
+    ShardDataset,
+    Transfer,
+    read_index,
+    shard_sizes_in_order,
+)
 from w2v2_pretrain.data.verify import Scan, load_record, verified_scan
 from w2v2_pretrain.data.workers import worker_init_fn
 from w2v2_pretrain.errors import DataError
@@ -97,6 +104,8 @@ class AudioDataModule(pl.LightningDataModule):
     def _load(self, split: str) -> AudioDataset:
         if split in self.datasets:
             return self.datasets[split]
+        if self.cfg.shard_locations:
+            return self._loaded(split, self._load_shards(split))
         parts, dropped, skipped = [], Counter(), []
         for folder in self.manifest_dirs:
             if not folder.is_dir():
@@ -124,15 +133,13 @@ class AudioDataModule(pl.LightningDataModule):
             dropped.update(part_dropped)
             skipped += part_skipped
         manifest = parts[0] if len(parts) == 1 else Manifest.concat(parts)
-        self.dropped[split] = dict(dropped)
-        self.skipped[split] = skipped
-        if skipped and self.bad_files_log is not None and self._world()[1] == 0:
-            self.bad_files_log.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.bad_files_log, "a") as f:
-                f.writelines(f"setup\t{entry}\n" for entry in skipped)
-        ds = AudioDataset(
-            manifest,
-            self.cfg.sample_rate,
+        self._note_dropped(split, dropped, skipped)
+        return self._loaded(split, AudioDataset(manifest, **self._item_settings(split)))
+
+    def _item_settings(self, split: str) -> dict:
+        """How a dataset of ``split`` turns a file into an utterance."""
+        return dict(
+            sample_rate=self.cfg.sample_rate,
             resample=self.cfg.resample,
             downmix=self.cfg.downmix,
             normalize=self.cfg.normalize,
@@ -141,6 +148,38 @@ class AudioDataModule(pl.LightningDataModule):
             seed=self.cfg.seed,
             crop_alignment=self.cfg.crop_alignment,
         )
+
+    def _note_dropped(self, split: str, dropped: Counter, skipped: list[str]) -> None:
+        """Keep what the set-up left out of ``split``; name the bad files in bad_files.tsv."""
+        self.dropped[split] = dict(dropped)
+        self.skipped[split] = skipped
+        if skipped and self.bad_files_log is not None and self._world()[1] == 0:
+            self.bad_files_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.bad_files_log, "a") as f:
+                f.writelines(f"setup\t{entry}\n" for entry in skipped)
+
+    def _load_shards(self, split: str) -> ShardDataset:
+        """The ``split`` of every shard location (its index.json), less the clips shorter than
+        ``min_sample_size`` or the feature encoder's receptive field (counted; w2v2-shard has
+        checked and decoded every file, and what it left out is counted in its index)."""
+        parts, dropped = [], Counter()
+        floor = max(self.cfg.min_sample_size, self.receptive_field)
+        for location in self.cfg.shard_locations:
+            part = read_index(location, split, self.transfer)
+            lengths = part.num_samples * self.cfg.sample_rate // part.sample_rate
+            short = lengths < floor
+            if short.any():
+                dropped[f"shorter than {floor} samples"] += int(short.sum())
+                part = part.select(np.flatnonzero(~short))
+            parts.append(part)
+        self._note_dropped(split, dropped, [])
+        return ShardDataset(parts, self.transfer, **self._item_settings(split))
+
+    @property
+    def transfer(self) -> Transfer:
+        return Transfer(retries=self.cfg.shard_retries, timeout=float(self.cfg.shard_timeout))
+
+    def _loaded(self, split: str, ds: AudioDataset) -> AudioDataset:
         if split == "train":
             self.train_shares = self._sampling_shares(ds)
         self._describe(split, ds)
@@ -240,18 +279,28 @@ class AudioDataModule(pl.LightningDataModule):
         ds = self._load(split)
         replicas, rank = self._world()
         train = split == "train"
-        s = BucketBatchSampler(
-            ds.sizes,
-            self.cfg.max_tokens if train else self.cfg.valid_max_tokens or self.cfg.max_tokens,
+        settings = dict(
             max_batch_size=self.cfg.max_batch_size,
             shuffle=train,
             seed=self.cfg.seed,
             num_replicas=replicas,
             rank=rank,
             fixed_epoch=0 if self.fixed_order else None,
-            corpora=np.array(ds.manifest.corpora(), dtype=np.int64),
             weights=self.train_shares if train else None,
         )
+        budget = self.cfg.max_tokens if train else self.cfg.valid_max_tokens or self.cfg.max_tokens
+        if isinstance(ds, ShardDataset):
+            bounds, corpus = shard_sizes_in_order(ds.splits)
+            s = ShardBatchSampler(
+                ds.sizes, budget, bounds, corpus, workers=self.cfg.num_workers, **settings
+            )
+        else:
+            s = BucketBatchSampler(
+                ds.sizes,
+                budget,
+                corpora=np.array(ds.manifest.corpora(), dtype=np.int64),
+                **settings,
+            )
         self._samplers[split] = s
         return s
 
@@ -287,16 +336,20 @@ class AudioDataModule(pl.LightningDataModule):
             worker_init_fn=worker_init_fn(self.trainer.global_rank if self.trainer else 0),
         )
 
+    def _inputs(self, split: str) -> str:
+        """The manifests (or shard indexes) of ``split``, for messages."""
+        if self.cfg.shard_locations:
+            return ", ".join(f"{loc} ({split})" for loc in self.cfg.shard_locations)
+        return ", ".join(str(d / f"{split}.tsv") for d in self.manifest_dirs)
+
     def train_dataloader(self) -> DataLoader:
         if len(self._load("train")) == 0:
-            folders = ", ".join(str(d / "train.tsv") for d in self.manifest_dirs)
-            raise DataError(f"{folders}: no entries to train on")
+            raise DataError(f"{self._inputs('train')}: no entries to train on")
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self._load("valid")) == 0:
-            folders = ", ".join(str(d / "valid.tsv") for d in self.manifest_dirs)
-            log.warning("%s: empty, no validation", folders)
+            log.warning("%s: empty, no validation", self._inputs("valid"))
             return []
         return self._loader("valid")
 

@@ -16,7 +16,7 @@ from w2v2_pretrain.data.index import Manifest
 
 # the set-up checks' names, importable from here as before
 from w2v2_pretrain.data.verify import BadFilePolicy, VerifyLevel, check_manifest
-from w2v2_pretrain.errors import DataError
+from w2v2_pretrain.errors import DataError, SourceUnavailable
 from w2v2_pretrain.models.config import Wav2Vec2Config
 from w2v2_pretrain.models.feature_encoder import frame_lengths
 from w2v2_pretrain.models.masking import MaskPlan, draw_masks
@@ -200,6 +200,14 @@ class AudioDataset(Dataset):
             self._sizes = sizes
         return self._sizes
 
+    def where(self, index: int) -> str:
+        """How errors name item ``index`` (``manifest:line (path)``)."""
+        return self.manifest.where(index)
+
+    def source_of(self, index: int):
+        """What `read_audio` reads for item ``index``: its file."""
+        return self.manifest.audio_path(index)
+
     def __getitem__(self, key: int | tuple[int, ...]) -> Utterance | BadFile:
         """The decoded item, or a `BadFile` naming why it could not be used (the collator
         leaves it out and reports it; the run's ``data.on_bad_file`` decides what follows).
@@ -208,13 +216,13 @@ class AudioDataset(Dataset):
         corpus drawn more than once per epoch numbers its copies, and each gets its own crops
         and masks)."""
         index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
-        where = self.manifest.where(index)
+        where = self.where(index)
         seed = (self.seed, epoch, index) + ((copy,) if copy else ())
         crop = self.max_sample_size or None
 
         def read(window: int | None) -> np.ndarray:
             return read_audio(
-                self.manifest.audio_path(index),
+                self.source_of(index),
                 self.sample_rate,
                 resample=self.resample,
                 downmix=self.downmix,
@@ -232,6 +240,8 @@ class AudioDataset(Dataset):
             if problem is not None and problem.kind == "silent" and len(wav) == crop:
                 # a quiet window of a longer file is fine; a file of zeros throughout is not
                 problem = sample_problem(read(None))
+        except SourceUnavailable:
+            raise
         except DataError as e:
             return BadFile(index, where, str(e).removeprefix(f"{where}: "))
         if problem:

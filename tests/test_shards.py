@@ -340,3 +340,42 @@ def test_fsspec_urls_and_pipe_commands_read_what_the_folder_holds(demo_shards):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(SourceUnavailable, match=r"exited 1.*gave up after 2 tries"):
         read_index(f"pipe:cat {shards}/nothing/{{}}", "train", fast)
+
+
+def test_each_shard_is_opened_once_per_epoch_by_one_worker(tmp_path, demo_shards, monkeypatch):
+    """Two loader workers: every shard is opened once an epoch, each by the worker its
+    batches are dealt to (the stream is read front to back, never reopened)."""
+    import os
+
+    from w2v2_pretrain.data import shards as shards_module
+    from w2v2_pretrain.data.config import DataConfig
+    from w2v2_pretrain.data.datamodule import AudioDataModule
+
+    log = tmp_path / "opens.txt"
+    real = shards_module.ShardStream._open
+
+    def counted(self):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\t{self.location}\n")
+        real(self)
+
+    monkeypatch.setattr(shards_module.ShardStream, "_open", counted)
+    cfg = DataConfig(
+        manifest_dir=None,
+        shards=str(demo_shards[0]),
+        min_sample_size=0,
+        max_sample_size=40_000,
+        max_tokens=120_000,
+        num_workers=2,
+        persistent_workers=False,
+    )
+    dm = AudioDataModule(cfg)
+    dm.setup("fit")
+    for epoch in (0, 1):
+        log.unlink(missing_ok=True)
+        loader = dm._loader("train")
+        loader.batch_sampler.set_epoch(epoch)
+        assert sum(len(b) for b in loader) == 12
+        opens = [line.split("\t") for line in log.read_text().splitlines()]
+        assert sorted(url for _, url in opens) == sorted({url for _, url in opens})
+        assert len(opens) == 4 and len({pid for pid, _ in opens}) == 2

@@ -65,7 +65,7 @@ def server(tmp_path):
         proc.wait()
 
 
-def test_w2v2_shard_writes_lhotse_shar_and_counts_bad_files_as_w2v2_manifest(tmp_path):
+def test_w2v2_shard_writes_lhotse_shar_and_counts_bad_files_as_w2v2_manifest(tmp_path, capsys):
     """Every good file of a messy corpus is in the shards, as 16-kHz mono FLAC equal to what
     training reads from the file; the bad ones are skipped, named and counted by reason; each
     shard is sorted by length; lhotse reads the shards back."""
@@ -108,21 +108,16 @@ def test_w2v2_shard_writes_lhotse_shar_and_counts_bad_files_as_w2v2_manifest(tmp
         tol = 0 if uid.endswith("good") else 1.01 / 32768
         np.testing.assert_allclose(wav, want, rtol=0, atol=tol)
 
-    again = subprocess.run(
-        [*SHARD_CLI, str(manifests), "--dest", str(dest), "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert again.stderr.strip().splitlines()[-1].startswith(f"error: {dest / 'index.json'}:")
-    strict = subprocess.run(
-        [*SHARD_CLI, str(manifests), "--dest", str(tmp_path / "s2"), "--strict", "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    assert strict.returncode == 1
+    from w2v2_pretrain.cli.shard import main  # the same entry point, in this process
+
+    with pytest.raises(SystemExit) as again:
+        main([str(manifests), "--dest", str(dest), "--quiet"])
+    assert again.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"error: {dest / 'index.json'}:")
+    with pytest.raises(SystemExit) as strict:
+        main([str(manifests), "--dest", str(tmp_path / "s2"), "--strict", "--quiet"])
+    assert strict.value.code == 1
 
 
 def _plan_case(rng, shards: int, replicas: int, workers: int, weights=None):
@@ -240,6 +235,31 @@ def test_shards_resume_exactly_after_kill_9(tmp_path, demo_shards):
     same_curve(run, reference)
 
 
+def test_dropped_connections_are_retried_and_read_on_at_the_same_member(
+    demo_shards, server, monkeypatch
+):
+    """A server that cuts the first response of every shard short: each read is retried,
+    reads forward to the member asked for, and every utterance equals the folder's."""
+    from w2v2_pretrain.data import shards as shards_module
+    from w2v2_pretrain.data.shards import ShardDataset, Transfer
+
+    waits = []
+    monkeypatch.setattr(shards_module, "sleep", waits.append)
+
+    shards, _ = demo_shards
+    fast = Transfer(retries=2, backoff=0.01)
+    url = server(shards, "flaky")
+
+    def items(location: str) -> list[np.ndarray]:
+        ds = ShardDataset([read_index(location, "train", fast)], fast, max_sample_size=None)
+        return [ds[(i, 0)].wav for i in range(len(ds))]
+
+    for got, want in zip(items(url), items(str(shards)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert waits == [0.01] * 4  # one retry per shard, each after the first wait
+
+
+@pytest.mark.slow  # the retry and its reading on: the test above, in the default run
 def test_shards_over_http_with_dropped_connections_train_as_from_the_folder(
     tmp_path, demo_shards, server
 ):
@@ -379,3 +399,74 @@ def test_each_shard_is_opened_once_per_epoch_by_one_worker(tmp_path, demo_shards
         opens = [line.split("\t") for line in log.read_text().splitlines()]
         assert sorted(url for _, url in opens) == sorted({url for _, url in opens})
         assert len(opens) == 4 and len({pid for pid, _ in opens}) == 2
+
+
+def test_a_bad_or_missing_member_is_a_bad_file_named_by_its_shard(tmp_path):
+    """A member that does not decode, and one the shard lacks (index.json lists it), are bad
+    files named by shard and member, left out of the batch and reported as with manifests."""
+    import io
+    import tarfile
+
+    from w2v2_pretrain.data.dataset import BadFile, Collator
+    from w2v2_pretrain.data.shards import ShardDataset, Transfer
+
+    dest = tmp_path / "shards"
+    write_shards(small_manifests(tmp_path, 6), dest, shard_size=3, progress=False)
+    tar_path = dest / "train" / "recording.000000.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w") as tar:
+        for k, (info, data) in enumerate(members[:4]):  # the third utterance left out
+            if k == 2:  # the second utterance's audio: not FLAC any more
+                data = b"not audio at all" * 10
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    split = read_index(str(dest), "train")
+    ds = ShardDataset([split], Transfer(), max_sample_size=None)
+    items = [ds[(i, 0)] for i in range(len(ds))]
+    bad = {i: item for i, item in enumerate(items) if isinstance(item, BadFile)}
+    assert sorted(bad) == [1, 2]
+    assert bad[1].where == f"{tar_path} ({split.ids[1]}.flac)" and "unreadable" in bad[1].reason
+    assert "not in the shard" in bad[2].reason
+    batch = Collator(train=False)(items[:3])
+    assert len(batch) == 1 and len(batch.bad_files) == 2
+
+
+@pytest.mark.slow  # a two-process run; the plan's rank split is tested without processes above
+def test_two_ddp_processes_train_on_disjoint_shards(tmp_path, demo_shards):
+    """Two DDP processes on CPU, two loader workers each: the ranks' batches are disjoint and
+    each is a run of consecutive members of one shard."""
+    import os
+
+    shards, _ = demo_shards
+    rec = tmp_path / "batches"
+    env_path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2v2_pretrain.cli.pretrain",
+            *RESUMABLE,
+            *shard_args(shards),
+            "trainer=ddp_cpu",
+            "data.num_workers=2",
+            "data.max_tokens=40000",  # 12 batches of one utterance: 6 per rank and epoch
+            "trainer.max_steps=6",
+            "+callbacks.record._target_=helpers.RecordBatches",
+            f"+callbacks.record.folder={rec}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=env_path),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = {}
+    for rank in (0, 1):
+        rows = (rec / f"node0-rank{rank}.tsv").read_text().splitlines()
+        ids[rank] = [int(i) for row in rows for i in row.split("\t")[2].split(",")]
+        assert len(rows) == 6
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == list(range(12))

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import io
 import json
 import os
 import subprocess
 import tarfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import sleep
 from typing import IO
 
 import numpy as np
@@ -160,14 +161,14 @@ def with_retries(what: Location, transfer: Transfer, attempt: Callable[[], objec
             return attempt()
         except DataError:
             raise
-        except (_Retryable, OSError, EOFError, tarfile.TarError) as e:
+        except (_Retryable, OSError, EOFError, tarfile.TarError, http.client.HTTPException) as e:
             reason = str(e) or type(e).__name__
             if tries > transfer.retries:
                 raise SourceUnavailable(
                     f"{what}: {reason} (gave up after {tries} tries; data.shard_retries, "
                     "data.shard_timeout)"
                 ) from None
-            time.sleep(wait)
+            sleep(wait)
             wait *= 2
     raise AssertionError("unreachable")
 

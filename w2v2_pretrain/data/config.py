@@ -98,20 +98,12 @@ class DataConfig:
     @property
     def manifest_dirs(self) -> list[str]:
         """The manifest folders, one or several (none with ``shards``)."""
-        if self.manifest_dir is None:
-            return []
-        if isinstance(self.manifest_dir, (list, tuple)):
-            return [str(d) for d in self.manifest_dir]
-        return [str(self.manifest_dir)]
+        return _one_or_many(self.manifest_dir)
 
     @property
     def shard_locations(self) -> list[str]:
         """The shard folders or URLs, one or several (none with manifests)."""
-        if self.shards is None:
-            return []
-        if isinstance(self.shards, (list, tuple)):
-            return [str(d) for d in self.shards]
-        return [str(self.shards)]
+        return _one_or_many(self.shards)
 
     @property
     def corpora(self) -> list[str]:
@@ -198,6 +190,15 @@ class DataConfig:
                 )
         _ = self.audio_seconds_per_update  # parses, or names the field
         return self
+
+
+def _one_or_many(value: Any) -> list[str]:
+    """A setting given as one location or a list of them, as a list (None: empty)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def _at_least(name: str, value: Any, lowest: int | None) -> None:

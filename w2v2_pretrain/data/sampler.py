@@ -49,6 +49,20 @@ def corpus_shares(
     return raw / raw.sum()
 
 
+def draw_by_share(
+    count: int, want: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``want`` draws from ``count`` items (a corpus's batches or shards): every item once per
+    whole multiple, the remainder at random without repeats. (want,) the items drawn and
+    (want,) each draw's copy number (an upsampled item's copies get their own crops and
+    masks)."""
+    times, rest = divmod(want, count) if count else (0, 0)
+    extra = rng.choice(count, rest, replace=False)  # drawn even when rest is 0
+    drawn = np.concatenate([np.tile(np.arange(count), times), extra]).astype(np.int64)
+    copy = np.concatenate([np.repeat(np.arange(times), count), np.full(rest, times)])
+    return drawn, copy.astype(np.int64)
+
+
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of similar length whose padded size stays under ``max_tokens`` samples.
 
@@ -169,16 +183,11 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             orders, starts, ends, copies, base = [], [], [], [], 0
             for c, (own, bounds) in enumerate(per):
                 count = len(bounds) - 1
-                want = int(round(share[c] * total))
-                times, rest = divmod(want, count) if count else (0, 0)
-                drawn = np.tile(np.arange(count), times)
-                extra = rng.choice(count, rest, replace=False)  # drawn even when rest is 0
-                drawn = np.concatenate([drawn, extra]).astype(np.int64)
-                copy = np.concatenate([np.repeat(np.arange(times), count), np.full(rest, times)])
+                drawn, copy = draw_by_share(count, int(round(share[c] * total)), rng)
                 orders.append(own)
                 starts.append(bounds[:-1][drawn] + base)
                 ends.append(bounds[1:][drawn] + base)
-                copies.append(copy.astype(np.int64))
+                copies.append(copy)
                 base += len(own)
             order = np.concatenate(orders)
             starts, ends, copies = (np.concatenate(x) for x in (starts, ends, copies))

@@ -23,7 +23,6 @@ import dataclasses
 import http.client
 import io
 import json
-import os
 import subprocess
 import tarfile
 import urllib.error
@@ -36,9 +35,14 @@ from typing import IO
 
 import numpy as np
 
-from w2v2_pretrain.data.dataset import AudioDataset, BadFile, Utterance
+from w2v2_pretrain.data.dataset import AudioDataset
 from w2v2_pretrain.data.index import Manifest
-from w2v2_pretrain.data.sampler import BucketBatchSampler, EpochPlan, _greedy_bounds
+from w2v2_pretrain.data.sampler import (
+    BucketBatchSampler,
+    EpochPlan,
+    _greedy_bounds,
+    draw_by_share,
+)
 from w2v2_pretrain.errors import DataError, SourceUnavailable
 
 INDEX = "index.json"
@@ -61,10 +65,6 @@ class Location(str):
     @property
     def name(self) -> str:
         return self.rstrip("/").rsplit("/", 1)[-1]
-
-    @property
-    def is_local(self) -> bool:
-        return "://" not in self and not self.startswith("pipe:")
 
     def command(self) -> str:
         """The shell command of a ``pipe:`` location (its ``{}`` dropped)."""
@@ -327,29 +327,19 @@ class ShardStream:
         """The name and bytes of audio member ``pos`` (bytes None: the shard has fewer)."""
 
         def attempt() -> tuple[str, bytes | None]:
-            if self._tar is None or self.next_pos > pos:
-                self._open()
-            while True:
-                name, data = self._next_audio()
-                self.next_pos += 1
-                if data is None or self.next_pos - 1 == pos:
-                    return name, data
-
-        try:
-            return with_retries(self.location, self.transfer, self._fresh_on_failure(attempt))
-        except DataError:
-            self.close()
-            raise
-
-    def _fresh_on_failure(self, attempt: Callable[[], tuple]) -> Callable[[], tuple]:
-        def run() -> tuple:
             try:
-                return attempt()
+                if self._tar is None or self.next_pos > pos:
+                    self._open()
+                while True:
+                    name, data = self._next_audio()
+                    self.next_pos += 1
+                    if data is None or self.next_pos - 1 == pos:
+                        return name, data
             except Exception:
                 self.close()  # the next try reopens and reads forward again
                 raise
 
-        return run
+        return with_retries(self.location, self.transfer, attempt)
 
     def close(self) -> None:
         for closing in (self._tar, self._raw):
@@ -403,30 +393,19 @@ class ShardDataset(AudioDataset):
         name, data = stream.member(int(split.pos[local]))
         expected = f"{split.ids[local]}.flac"
         if data is None:
-            raise _MissingMember(f"{self.where(index)}: not in the shard (it ends earlier)")
+            raise DataError(f"{self.where(index)}: not in the shard (it ends earlier)")
         if Path(name).name != expected:
-            raise _MissingMember(
+            raise DataError(
                 f"{self.where(index)}: the shard holds {name} there: index.json and the shard "
                 "disagree (rewrite them together with w2v2-shard)"
             )
         self._last = (index, data)
         return io.BytesIO(data)
 
-    def __getitem__(self, key) -> Utterance | BadFile:
-        try:
-            return super().__getitem__(key)
-        except _MissingMember as e:
-            index = key[0] if isinstance(key, tuple) else key
-            return BadFile(index, self.where(index), str(e).split(": ", 1)[-1])
-
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_streams"], state["_last"] = {}, None  # a worker opens its own
         return state
-
-
-class _MissingMember(DataError):
-    pass
 
 
 # --- the batch plan --------------------------------------------------------------------------
@@ -477,12 +456,10 @@ class ShardBatchSampler(BucketBatchSampler):
             draws, copies = [], []
             for c in range(len(self.weights)):
                 own = shards[self.shard_corpus == c]
-                want = int(round(share[c] * len(shards)))
-                times, rest = divmod(want, len(own)) if len(own) else (0, 0)
-                draws += [np.tile(own, times), rng.choice(own, rest, replace=False)]
-                copies += [np.repeat(np.arange(times), len(own)), np.full(rest, times)]
-            draws = np.concatenate(draws).astype(np.int64)
-            copies = np.concatenate(copies).astype(np.int64)
+                drawn, copy = draw_by_share(len(own), int(round(share[c] * len(shards))), rng)
+                draws.append(own[drawn])
+                copies.append(copy)
+            draws, copies = np.concatenate(draws), np.concatenate(copies)
         if self.shuffle:
             perm = rng.permutation(len(draws))
             draws, copies = draws[perm], copies[perm]
@@ -585,9 +562,3 @@ def shard_sizes_in_order(splits: list[ShardSplit]) -> tuple[np.ndarray, np.ndarr
         corpus.append(np.full(len(split.shards), c, dtype=np.int64))
         base += len(split)
     return np.concatenate(bounds), np.concatenate(corpus)
-
-
-def local_path(location: str) -> Path | None:
-    """The folder of a local location (None for URLs and commands)."""
-    loc = Location(location)
-    return Path(os.path.expanduser(loc)) if loc.is_local else None

@@ -94,14 +94,9 @@ class Scan:
         )
 
 
-def _check_file(path: str, verify: VerifyLevel) -> AudioInfo | AudioProblem | None:
-    """What is wrong with one file, else what its header says (None: no header was read)."""
-    if not os.path.isfile(path):
-        if not os.path.exists(path):
-            return AudioProblem("missing", "file not found")
-        return AudioProblem("not a file", "not a regular file")
-    if verify == VerifyLevel.none:
-        return None
+def _check_file(path: str, verify: VerifyLevel) -> AudioInfo | AudioProblem:
+    """What is wrong with one regular file (`scan_files` has stat'ed it), else what its header
+    says: a header read (``header``) or a full decode (``decode``)."""
     return inspect_audio(path, decode=verify == VerifyLevel.decode)
 
 
@@ -225,7 +220,7 @@ def scan_files(
             found = _check_file(str(manifest.audio_path(i)), verify)
             if isinstance(found, AudioProblem):
                 scan.problems[i] = found
-            elif found is not None:
+            else:
                 scan.frames[i] = found.frames
                 scan.sample_rates[i] = found.sample_rate
                 scan.channels[i] = found.channels

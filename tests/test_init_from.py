@@ -43,6 +43,20 @@ def hf_pretraining_folder(path, **overrides):
     return model
 
 
+def assert_same_outputs(module, theirs, samples: int) -> None:
+    """Our model (in ``module``) and the transformers model ``theirs`` give the same last
+    hidden states on two random clips of ``samples``."""
+    module.model.eval()
+    x = torch.randn(2, samples)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.model.extract(x).hidden,
+            theirs.wav2vec2(x).last_hidden_state,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
 def test_init_from_transformers_keeps_its_model_and_the_runs_settings(tmp_path):
     theirs = hf_pretraining_folder(tmp_path / "hf")
     manifests = small_manifests(tmp_path, 6)
@@ -72,15 +86,7 @@ def test_init_from_transformers_keeps_its_model_and_the_runs_settings(tmp_path):
     expected = theirs.state_dict()
     for key, value in to_hf_state_dict(module.model.state_dict()).items():
         assert torch.equal(value, expected[key]), key
-    module.model.eval()
-    x = torch.randn(2, 16_000)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            module.model.extract(x).hidden,
-            theirs.wav2vec2(x).last_hidden_state,
-            rtol=1e-5,
-            atol=1e-5,
-        )
+    assert_same_outputs(module, theirs, 16_000)
 
     changed = compose_cfg(
         [
@@ -262,15 +268,7 @@ def test_init_from_an_xlsr_shaped_transformers_folder_loads_every_tensor(tmp_pat
     assert set(ours) == {k for k in state if not k.startswith(("lm_head", "dropout"))}
     for key, value in ours.items():
         assert torch.equal(value, state[key]), key
-    module.model.eval()
-    x = torch.randn(2, 8000)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            module.model.extract(x).hidden,
-            theirs.wav2vec2(x).last_hidden_state,
-            rtol=1e-5,
-            atol=1e-5,
-        )
+    assert_same_outputs(module, theirs, 8000)
 
 
 def test_init_from_an_xlsr_shaped_fairseq_checkpoint_loads_every_tensor(tmp_path):

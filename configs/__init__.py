@@ -2,7 +2,7 @@
 
 `register_configs` adds the typed nodes the YAML files are composed onto: the root schema of
 ``train.yaml``, the ``data`` schema, the model presets (``model=tiny|base|large|xlsr_300m|
-xlsr_1b|xlsr_2b``, the Python presets of models/config.py being the single source of truth)
+xlsr_1b|xlsr_2b``, the Python presets of models/presets.py being the single source of truth)
 and the run-health thresholds.
 """
 
@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from w2v2_pretrain.data.config import DataConfig
-from w2v2_pretrain.models.config import PRESETS
+from w2v2_pretrain.models.presets import PRESETS
 from w2v2_pretrain.paths import REPO_ROOT
 from w2v2_pretrain.training.config import RunConfig
 from w2v2_pretrain.training.health import HealthConfig

@@ -209,13 +209,14 @@ def count_flops(runner: Runner, autocast) -> float:
 
 def data_path(manifest: str, seconds: float, batches: int) -> float:
     """Audio-seconds per second of one loader worker: decode, crop, collate and mask plan."""
-    from w2v2_pretrain.data.dataset import AudioDataset, Collator, MaskPlanner
-    from w2v2_pretrain.data.manifest import read_manifest
+    from w2v2_pretrain.data.collate import Collator, MaskPlanner
+    from w2v2_pretrain.data.dataset import AudioDataset
+    from w2v2_pretrain.data.index import read_manifest
     from w2v2_pretrain.data.sampler import BucketBatchSampler
 
     crop = int(seconds * 16_000)
     ds = AudioDataset(read_manifest(manifest), max_sample_size=crop)
-    collate = Collator("crop", planner=MaskPlanner.for_model(preset("base"), seed=0))
+    collate = Collator("crop", planner=MaskPlanner(preset("base"), seed=0))
     sampler = BucketBatchSampler(ds.sizes, 1_400_000)
     audio, elapsed, done = 0.0, 0.0, 0
     epoch = 0

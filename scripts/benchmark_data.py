@@ -113,8 +113,10 @@ def build_linked_corpus(folder: Path, n: int) -> Path:
     valid.tsv of the first 1,000, and the train manifest's header-verify record."""
     import soundfile as sf
 
+    from w2v2_pretrain.data.config import VerifyLevel
     from w2v2_pretrain.data.index import read_manifest
-    from w2v2_pretrain.data.verify import Scan, VerifyLevel, save_record, stat_files
+    from w2v2_pretrain.data.record import save_record
+    from w2v2_pretrain.data.scan import Scan, stat_files
 
     sources = sorted((REPO / "data" / "demo").rglob("*.flac"))
     infos = [sf.info(str(f)) for f in sources]

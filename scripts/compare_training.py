@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from w2v2_pretrain.data.collate import MaskSeeds
+from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
 from w2v2_pretrain.interop.hf import to_hf_model
 from w2v2_pretrain.models import Wav2Vec2Model, preset
@@ -65,8 +67,8 @@ def run(seed: int, steps: int, mode: str, normalize: bool, lr: float, warmup: in
     torch.manual_seed(seed)
     ours = Wav2Vec2Model(cfg).train()
     theirs = to_hf_model(ours).train()
-    data = AudioDataModule(
-        str(REPO_ROOT / "data" / "manifests"),
+    settings = DataConfig(
+        manifest_dir=str(REPO_ROOT / "data" / "manifests"),
         normalize=normalize,
         min_sample_size=16_000,
         max_sample_size=40_000,
@@ -74,7 +76,7 @@ def run(seed: int, steps: int, mode: str, normalize: bool, lr: float, warmup: in
         num_workers=0,
         seed=seed,
     )
-    data.plan_masks_for(cfg, train_seed=seed, fixed=False, val_seed=0)
+    data = AudioDataModule(settings, model=cfg, seeds=MaskSeeds(train=seed, val=0))
     data.setup("fit")
 
     def optimizer(model):

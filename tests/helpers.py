@@ -245,3 +245,37 @@ def error_line(overrides: list[str], output_dir: Path) -> str:
     except W2V2Error as e:
         return f"error: {one_line(e)}"
     raise AssertionError(f"no error for {overrides}")
+
+
+def rows(manifest) -> list[tuple[str, int]]:
+    """Each entry of a `Manifest` as ``(path, num_samples)``, as the file lists it."""
+    return [(manifest.path(i), int(manifest.num_samples[i])) for i in range(len(manifest))]
+
+
+def paths(manifest) -> list[str]:
+    """Each entry's path as the manifest lists it."""
+    return [manifest.path(i) for i in range(len(manifest))]
+
+
+def sampler_batches(sampler, epoch: int) -> list[list[tuple[int, int]]]:
+    """Every rank's batches of ``(index, copy)`` for ``epoch``, in dealing order."""
+    plan = sampler.plan(epoch)
+    return [plan.batch(k) for k in range(len(plan))]
+
+
+def padding_mask(batch) -> torch.Tensor:
+    """(B, L) bool, True at the padded samples of a `Batch`."""
+    steps = torch.arange(batch.source.shape[1])
+    return steps[None, :] >= batch.lengths[:, None]
+
+
+def plan_from_mask(mask: torch.Tensor, distractors: torch.Tensor):
+    """A `MaskPlan` from a boolean (B, T) mask with the same count M per row, and (B, M, K)
+    distractors (what the collator's planner would have drawn)."""
+    from w2v2_pretrain.models.masking import MaskPlan
+
+    counts = mask.sum(1)
+    assert bool((counts == counts[0]).all()), counts
+    B, M = mask.shape[0], int(counts[0])
+    assert distractors.shape[:2] == (B, M), distractors.shape
+    return MaskPlan(mask, mask.nonzero()[:, 1].view(B, M), distractors)

@@ -9,20 +9,25 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import FAST, compose_cfg, error_line, write_tone
+from helpers import (
+    FAST,
+    compose_cfg,
+    error_line,
+    padding_mask,
+    paths,
+    sampler_batches,
+    write_tone,
+)
 
 from w2v2_pretrain.data.audio import read_audio
+from w2v2_pretrain.data.collate import Collator, MaskPlanner
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
-from w2v2_pretrain.data.dataset import (
-    AudioDataset,
-    BadFile,
-    Collator,
-    check_manifest,
-    crop_start,
-)
-from w2v2_pretrain.data.manifest import build_manifests, read_manifest
+from w2v2_pretrain.data.dataset import AudioDataset, BadFile, crop_start
+from w2v2_pretrain.data.index import read_manifest
+from w2v2_pretrain.data.manifest import build_manifests
 from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
+from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
 from w2v2_pretrain.models.feature_encoder import frame_lengths
 
@@ -94,12 +99,12 @@ def test_collate_crop_and_pad_shapes(tmp_path):
     items = [ds[i] for i in range(3)]
     crop = Collator("crop")(items)
     assert crop.source.shape == (3, 8000)
-    assert crop.lengths.tolist() == [8000] * 3 and not crop.padding_mask.any()
+    assert crop.lengths.tolist() == [8000] * 3 and not padding_mask(crop).any()
     assert crop.ids.tolist() == [0, 1, 2]
     pad = Collator("pad")(items)
     assert pad.source.shape == (3, 16_000)
     assert pad.lengths.tolist() == [16_000, 8000, 12_000]
-    assert pad.padding_mask.sum(1).tolist() == [0, 8000, 4000]
+    assert padding_mask(pad).sum(1).tolist() == [0, 8000, 4000]
     assert (pad.source[1, 8000:] == 0).all()
     np.testing.assert_array_equal(pad.source[2, :12_000].numpy(), items[2].wav)
     assert pad.padded and not crop.padded  # known on the host, without reading lengths back
@@ -129,12 +134,11 @@ def test_aligned_crops_start_on_frame_boundaries(tmp_path):
 def test_collator_plans_masks_per_utterance(tmp_path):
     """The planner draws each utterance's masks from (seed, epoch, utterance): the same in any
     batch, new each epoch, and valid (equal counts, never on padding)."""
-    from w2v2_pretrain.data.dataset import MaskPlanner
     from w2v2_pretrain.models import preset
 
     m = manifest_of(tmp_path, {"a.flac": 2.0, "b.flac": 2.0, "c.flac": 1.5})
     ds = AudioDataset(m)
-    planner = MaskPlanner.for_model(preset("tiny"), seed=4)
+    planner = MaskPlanner(preset("tiny"), seed=4)
     collate = Collator("pad", planner=planner)
     ab = collate([ds[(0, 0)], ds[(1, 0)]])
     ba = collate([ds[(1, 0)], ds[(0, 0)]])
@@ -157,7 +161,7 @@ def test_budget_respected_and_padding_small():
     rng = np.random.default_rng(0)
     sizes = rng.integers(32_000, 250_000, size=2000)
     s = BucketBatchSampler(sizes, max_tokens=1_400_000, seed=1)
-    batches = [[i for i, _ in b] for b in s.batches(0)]
+    batches = [[i for i, _ in b] for b in sampler_batches(s, 0)]
     assert sorted(i for b in batches for i in b) == list(range(2000))
     padded = real = 0
     for b in batches:
@@ -166,8 +170,9 @@ def test_budget_respected_and_padding_small():
         real += sizes[b].sum()
     assert 1 - real / padded < 0.02  # padding fraction
     # reshuffled each epoch from the seed, reproducible
-    assert s.batches(0) != s.batches(1)
-    assert BucketBatchSampler(sizes, 1_400_000, seed=1).batches(1) == s.batches(1)
+    assert sampler_batches(s, 0) != sampler_batches(s, 1)
+    again = BucketBatchSampler(sizes, 1_400_000, seed=1)
+    assert sampler_batches(again, 1) == sampler_batches(s, 1)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
@@ -310,7 +315,7 @@ def test_temperature_from_the_command_line(tmp_path, caplog):
     cropped), and the start-up table lists each corpus's hours and both shares."""
     import logging
 
-    from w2v2_pretrain.train import typed
+    from w2v2_pretrain.training.config import run_config
 
     big, small = _two_corpora(tmp_path)
     corpora = [
@@ -321,7 +326,7 @@ def test_temperature_from_the_command_line(tmp_path, caplog):
     ]
     temperature = ["data.corpus_weights=temperature"]
     overrides = [*corpora, *temperature, "data.sampling_alpha=0.5"]
-    data = typed(compose_cfg(overrides, tmp_path / "run")).data
+    data = run_config(compose_cfg(overrides, tmp_path / "run")).data
     assert data.temperature_alpha == 0.5 and data.corpus_weight_list is None
     dm = AudioDataModule(data)
     with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
@@ -336,16 +341,15 @@ def test_temperature_from_the_command_line(tmp_path, caplog):
         utterances, _hours, _cropped, natural, sampled = rows[str(folder / "train.tsv")]
         assert (utterances, natural, sampled) == want  # natural: of the manifests' hours
     # without data.sampling_alpha: XLS-R's 0.5; alpha 1: the natural shares
-    assert (
-        typed(compose_cfg([*corpora, *temperature], tmp_path / "r")).data.temperature_alpha == 0.5
-    )
-    one = typed(compose_cfg([*overrides, "data.sampling_alpha=1"], tmp_path / "r")).data
+    data = run_config(compose_cfg([*corpora, *temperature], tmp_path / "r")).data
+    assert data.temperature_alpha == 0.5
+    one = run_config(compose_cfg([*overrides, "data.sampling_alpha=1"], tmp_path / "r")).data
     dm = AudioDataModule(one)
     dm.setup("fit")
     np.testing.assert_allclose(dm.train_shares, [16 / 18, 2 / 18])
     # no weights: each utterance once, so each corpus gives its share of the cropped audio
     caplog.clear()
-    dm = AudioDataModule(typed(compose_cfg(corpora, tmp_path / "r")).data)
+    dm = AudioDataModule(run_config(compose_cfg(corpora, tmp_path / "r")).data)
     with caplog.at_level(logging.INFO, logger="w2v2_pretrain.data.datamodule"):
         dm.setup("fit")
     assert dm.train_shares is None and dm.sampler("train").weights is None
@@ -442,7 +446,7 @@ def broken_corpus(tmp_path):
 )
 def test_each_bad_file_is_named(tmp_path, name, line, cause):
     m = broken_corpus(tmp_path)
-    keep = [0] + [i for i, e in enumerate(m.entries) if e.path == name]
+    keep = [0] + [i for i, p in enumerate(paths(m)) if p == name]
     with pytest.raises(DataError) as e:
         check_manifest(m.select(keep), 0, 400)
     msg = str(e.value)
@@ -453,7 +457,7 @@ def test_truncated_flac_is_caught_when_decoded(tmp_path):
     """A FLAC cut short keeps its header (the header pass cannot tell): verify=decode finds it
     at setup, and the dataset reports it as a bad file instead of raising in a worker."""
     m = broken_corpus(tmp_path)
-    i = [e.path for e in m.entries].index("trunc.flac")
+    i = paths(m).index("trunc.flac")
     check_manifest(m.select([i]), 0, 400)  # the header pass cannot tell
     with pytest.raises(DataError, match=r"train.tsv:4 .*trunc.flac\): cannot be decoded"):
         check_manifest(m.select([i]), 0, 400, verify="decode")
@@ -473,14 +477,14 @@ def test_decode_check_finds_nan_and_silent_audio(tmp_path):
         + "".join(f"{n}\t16000\n" for n in ("good.flac", "nan.wav", "inf.wav", "zero.flac"))
     )
     m = read_manifest(tmp_path / "train.tsv")
-    kept, dropped, skipped = check_manifest(m, 0, 400, verify="header", on_bad_file="skip")
-    assert len(kept) == 4 and not dropped  # headers are fine
-    kept, dropped, skipped = check_manifest(m, 0, 400, verify="decode", on_bad_file="skip")
-    assert [e.path for e in kept.entries] == ["good.flac"]
-    assert dropped == {"non-finite": 2, "silent": 1}
-    assert any("nan.wav): contains NaN or Inf samples" in s for s in skipped)
-    assert any("zero.flac): all-zero audio" in s for s in skipped)
-    # met in training instead (no decode check): left out of the batch and named
+    kept, skipped, bad_files = check_manifest(m, 0, 400, verify="header", on_bad_file="skip")
+    assert len(kept) == 4 and not skipped  # headers are fine
+    kept, skipped, bad_files = check_manifest(m, 0, 400, verify="decode", on_bad_file="skip")
+    assert paths(kept) == ["good.flac"]
+    assert skipped == {"non-finite": 2, "silent": 1}
+    assert any("nan.wav): contains NaN or Inf samples" in s for s in bad_files)
+    assert any("zero.flac): all-zero audio" in s for s in bad_files)
+    # met in training instead (no decode check): skipped from the batch and named
     ds = AudioDataset(m)
     batch = Collator("pad")([ds[i] for i in range(4)])
     assert batch.ids.tolist() == [0] and len(batch.bad_files) == 3
@@ -488,28 +492,28 @@ def test_decode_check_finds_nan_and_silent_audio(tmp_path):
 
 def test_skip_policy_counts_each_reason(tmp_path):
     m = broken_corpus(tmp_path)
-    kept, dropped, skipped = check_manifest(m, 0, 400, on_bad_file="skip")
+    kept, skipped, bad_files = check_manifest(m, 0, 400, on_bad_file="skip")
     # trunc.flac's header is intact: it passes the header pass and is skipped when decoded
-    assert [e.path for e in kept.entries] == ["good.flac", "trunc.flac"]
-    assert dropped == {
+    assert paths(kept) == ["good.flac", "trunc.flac"]
+    assert skipped == {
         "missing": 1,
         "unreadable": 1,
         "empty": 1,
         "too short": 1,
         "wrong length": 2,
     }
-    assert len(skipped) == 6 and all("train.tsv:" in s for s in skipped)
+    assert len(bad_files) == 6 and all("train.tsv:" in s for s in bad_files)
     ds = AudioDataset(kept)
     batch = Collator("pad")([ds[0], ds[1]])
     assert batch.ids.tolist() == [0] and batch.source.shape == (1, 16_000)
     assert len(batch.bad_files) == 1 and "trunc.flac): unreadable audio" in batch.bad_files[0]
 
 
-def test_min_sample_size_drops_are_counted(tmp_path):
+def test_min_sample_size_skips_are_counted(tmp_path):
     m = manifest_of(tmp_path, {"a.flac": 1.0, "b.flac": 3.0, "c.flac": 0.5})
-    kept, dropped, _ = check_manifest(m, 20_000, 400)
-    assert [e.path for e in kept.entries] == ["b.flac"]
-    assert dropped == {"shorter than min_sample_size=20000": 2}
+    kept, skipped, _ = check_manifest(m, 20_000, 400)
+    assert paths(kept) == ["b.flac"]
+    assert skipped == {"shorter than min_sample_size=20000": 2}
 
 
 # --- data module -----------------------------------------------------------------------------
@@ -536,7 +540,7 @@ def test_datamodule_loads_manifest_folder(librispeech_tree, tmp_path):
     assert sorted(seen) == list(range(len(dm.datasets["train"])))
     # every utterance of the tree is in one split (none is under min_sample_size=8000)
     assert len(dm.datasets["train"]) + len(dm.datasets["valid"]) == 24
-    assert dm.dropped["train"] == dm.dropped["valid"] == {}
+    assert dm.skipped["train"] == dm.skipped["valid"] == {}
     assert next(iter(dm.val_dataloader())).source.shape[1] <= 32_000
 
 
@@ -607,7 +611,7 @@ def test_several_corpora_in_one_run(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
     assert rows[str(a.source)][0] == "12" and rows[str(a.source)][-1] == "75.0%"
     assert rows[str(b.source)][0] == "11" and rows[str(b.source)][-1] == "25.0%"
-    assert any(f"{b.source}:5 (" in x and "b3.flac" in s for x in dm.skipped["train"] for s in [x])
+    assert any(f"{b.source}:5 (" in x and "b3.flac" in x for x in dm.bad_files["train"])
     ds = dm.datasets["train"]
     corpora = ds.manifest.corpora()
     batches = list(dm.train_dataloader())
@@ -648,22 +652,22 @@ def test_windowed_read_equals_crop_of_full_decode(tmp_path, rate, fmt):
 def test_verify_record_is_reused_and_notices_replaced_or_truncated_files(tmp_path):
     """The first set-up's header scan is recorded beside the manifest; the next set-up reads
     it instead of scanning, and a file replaced or truncated since is checked again."""
-    from w2v2_pretrain.data import verify
+    from w2v2_pretrain.data import record, scan
 
     m = manifest_of(tmp_path, {f"{i}.flac": 1.0 for i in range(4)})
     (tmp_path / "valid.tsv").write_text((tmp_path / "train.tsv").read_text())
     cfg = DataConfig(manifest_dir=str(tmp_path), min_sample_size=0, max_sample_size=16_000)
     checked = []
-    real = verify._check_file
+    real = scan.inspect_audio
 
-    def counting(path, level):
+    def counting(path, decode=False):
         checked.append(path)
-        return real(path, level)
+        return real(path, decode=decode)
 
-    verify._check_file = counting
+    scan.inspect_audio = counting
     try:
         AudioDataModule(cfg).setup("fit")
-        assert len(checked) == 8 and verify.record_path(m.source).is_file()
+        assert len(checked) == 8 and record.record_path(m.source).is_file()
         checked.clear()
         AudioDataModule(cfg).setup("fit")  # a second start: no scan
         assert checked == []
@@ -674,12 +678,12 @@ def test_verify_record_is_reused_and_notices_replaced_or_truncated_files(tmp_pat
         dm = AudioDataModule(cfg)
         dm.setup("fit")
         assert sorted(Path(p).name for p in checked) == ["1.flac", "1.flac", "2.flac", "2.flac"]
-        assert len(dm.datasets["train"]) == 2 and dm.dropped["train"] == {
+        assert len(dm.datasets["train"]) == 2 and dm.skipped["train"] == {
             "wrong length": 1,
             "unreadable": 1,
         }
     finally:
-        verify._check_file = real
+        scan.inspect_audio = real
 
 
 @pytest.mark.parametrize("fork_from", [10**9, 2])
@@ -688,30 +692,30 @@ def test_stat_files_agrees_with_os_stat_in_one_or_several_processes(
 ):
     """Each entry's size, modification time and kind, also when the entries are split across
     forked processes (and when a child fails, its part is done by the parent)."""
-    from w2v2_pretrain.data import verify
+    from w2v2_pretrain.data import scan
 
-    monkeypatch.setattr(verify, "_FORK_FROM", fork_from)
-    monkeypatch.setattr(verify, "_STAT_BLOCK", 4 if fork_from == 2 else 1 << 16)  # blocks too
+    monkeypatch.setattr(scan, "_FORK_FROM", fork_from)
+    monkeypatch.setattr(scan, "_STAT_BLOCK", 4 if fork_from == 2 else 1 << 16)  # blocks too
     m = manifest_of(tmp_path, {f"d/{i}.flac": 0.1 * (1 + i % 3) for i in range(9)})
     (m.root / "d" / "3.flac").unlink()
     os.remove(m.root / "d" / "5.flac")
     (m.root / "d" / "5.flac").mkdir()
-    found = verify.stat_files(m)
+    found = scan.stat_files(m)
     for i in range(len(m)):
         path = m.audio_path(i)
         if not path.exists():
-            assert (found.sizes[i], found.mtimes[i], found.kinds[i]) == (-1, 0, verify.MISSING)
+            assert (found.sizes[i], found.mtimes[i], found.kinds[i]) == (-1, 0, scan.MISSING)
             continue
         st = path.stat()
-        kind = verify.REGULAR if path.is_file() else verify.OTHER
+        kind = scan.REGULAR if path.is_file() else scan.OTHER
         assert (found.sizes[i], found.mtimes[i], found.kinds[i]) == (
             st.st_size,
             st.st_mtime_ns,
             kind,
         )
-    part = verify.stat_files(m, np.array([8, 3, 0]))
+    part = scan.stat_files(m, np.array([8, 3, 0]))
     np.testing.assert_array_equal(part.sizes, found.sizes[[8, 3, 0]])
-    real = verify._stat_rows
+    real = scan._stat_rows
     parent = os.getpid()
 
     def failing_child(manifest, lo, hi, out):
@@ -719,8 +723,8 @@ def test_stat_files_agrees_with_os_stat_in_one_or_several_processes(
             raise OSError("child failed")
         real(manifest, lo, hi, out)
 
-    monkeypatch.setattr(verify, "_stat_rows", failing_child)
-    again = verify.stat_files(m)
+    monkeypatch.setattr(scan, "_stat_rows", failing_child)
+    again = scan.stat_files(m)
     np.testing.assert_array_equal(again.mtimes, found.mtimes)
     np.testing.assert_array_equal(again.kinds, found.kinds)
 
@@ -729,11 +733,11 @@ def _ddp_setup(rank: int, world: int, folder: str, port: int, out: str) -> None:
     """One DDP rank: set the data up, and write how many files this rank checked."""
     import torch.distributed as dist
 
-    from w2v2_pretrain.data import verify
+    from w2v2_pretrain.data import scan
 
     checked = []
-    real = verify._check_file
-    verify._check_file = lambda path, level: checked.append(path) or real(path, level)
+    real = scan.inspect_audio
+    scan.inspect_audio = lambda path, decode=False: checked.append(path) or real(path, decode)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )

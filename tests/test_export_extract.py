@@ -14,7 +14,8 @@ from helpers import write_tone
 
 transformers = pytest.importorskip("transformers")
 
-from w2v2_pretrain.checkpoint import load_model, save_model  # noqa: E402
+from w2v2_pretrain.model_files import save_model  # noqa: E402
+from w2v2_pretrain.model_sources import load_model  # noqa: E402
 from w2v2_pretrain.models import Wav2Vec2Model, preset  # noqa: E402
 
 
@@ -216,8 +217,8 @@ def test_long_file_is_extracted_in_windows(exported, tmp_path, capsys, monkeypat
     """With --window-seconds a file is read one window at a time (never whole) and each window's
     middle frames are the model's output for that window's samples; the frame count is the
     whole file's; a window that covers the file gives exactly the whole-file extraction."""
-    from w2v2_pretrain.cli.extract import windows
     from w2v2_pretrain.data.audio import normalize
+    from w2v2_pretrain.extract import windows
 
     model, tmp = exported
     write_tone(tmp_path / "long.wav", 2.0)

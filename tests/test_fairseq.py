@@ -25,9 +25,9 @@ import soundfile as sf
 import torch
 from helpers import write_tone
 
-from w2v2_pretrain.checkpoint import read_model_source
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.interop.fairseq import export_fairseq
+from w2v2_pretrain.model_sources import read_model_source
 from w2v2_pretrain.models import Wav2Vec2Model, preset
 from w2v2_pretrain.paths import REPO_ROOT
 
@@ -412,7 +412,7 @@ def test_round_trip_through_fairseq_is_exact(tmp_path, mode):
 
 def test_export_and_extract_through_the_command_line(tmp_path):
     """w2v2-export --format fairseq writes a file that w2v2-extract and w2v2-export read back."""
-    from w2v2_pretrain.checkpoint import save_model
+    from w2v2_pretrain.model_files import save_model
 
     torch.manual_seed(0)
     model = Wav2Vec2Model(preset("tiny")).eval()

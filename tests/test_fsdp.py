@@ -15,11 +15,12 @@ from pytorch_lightning.strategies import FSDPStrategy
 from torch.distributed.fsdp import ShardingStrategy
 
 from w2v2_pretrain.models.context_network import TransformerBlock
-from w2v2_pretrain.train import _instantiate, typed
+from w2v2_pretrain.train import _instantiate
+from w2v2_pretrain.training.config import run_config
 
 
 def test_fsdp_config_builds_lightnings_strategy(tmp_path):
-    run = typed(compose_cfg([*FAST, "trainer=fsdp"], tmp_path))
+    run = run_config(compose_cfg([*FAST, "trainer=fsdp"], tmp_path))
     assert run.trainer["accelerator"] == "gpu" and run.trainer["precision"] == "bf16-mixed"
     strategy = _instantiate(run.trainer["strategy"], "trainer.strategy")
     assert isinstance(strategy, FSDPStrategy)
@@ -67,7 +68,7 @@ def test_the_xlsr_recipe_composes_with_fsdp(tmp_path):
     from w2v2_pretrain.models import preset
     from w2v2_pretrain.paths import REPO_ROOT
 
-    run = typed(
+    run = run_config(
         compose_cfg(
             [
                 "experiment=large_librivox",

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from w2v2_pretrain.training.health import HealthConfig, RunHealth, chance_loss
+from w2v2_pretrain.training.config import HealthConfig
+from w2v2_pretrain.training.health import RunHealth, chance_loss
 
 HEALTHY = dict(contrastive=2.0, accuracy=0.3, code_perplexity=400.0, prob_perplexity=450.0)
 

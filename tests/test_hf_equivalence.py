@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import plan_from_mask
 
 transformers = pytest.importorskip("transformers")
 
 from w2v2_pretrain.interop.hf import to_hf_config, to_hf_model  # noqa: E402
 from w2v2_pretrain.models import Wav2Vec2Model, preset  # noqa: E402
-from w2v2_pretrain.models.masking import MaskPlan, compute_span_mask  # noqa: E402
+from w2v2_pretrain.models.masking import compute_span_mask  # noqa: E402
 from w2v2_pretrain.models.objective import sample_distractors  # noqa: E402
 from w2v2_pretrain.models.quantizer import perplexity  # noqa: E402
 
@@ -82,7 +83,7 @@ def test_same_weights_same_outputs(name):
     M = int(mask.sum(1)[0])
     within = sample_distractors(3, M, cfg.objective.num_negatives, Noise(g))
 
-    out = ours(source, lengths, temperature=2.0, plan=MaskPlan.from_mask(mask, within))
+    out = ours(source, lengths, temperature=2.0, plan=plan_from_mask(mask, within))
     attention = (torch.arange(40_000)[None] < lengths[:, None]).long()
     hf_out = theirs(
         source,

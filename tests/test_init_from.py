@@ -130,7 +130,7 @@ def test_init_from_fairseq_and_resume_without_the_source(tmp_path, caplog):
     from its own checkpoint even after the source is gone."""
     from test_fairseq import fairseq_checkpoint
 
-    from w2v2_pretrain.checkpoint import read_model_source
+    from w2v2_pretrain.model_sources import read_model_source
 
     source = tmp_path / "wav2vec_small.pt"
     torch.save(fairseq_checkpoint("args"), source)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from helpers import rows as entries
 from helpers import write_tone
 
-from w2v2_pretrain.data.manifest import build_manifests, read_manifest
+from w2v2_pretrain.data.index import read_manifest
+from w2v2_pretrain.data.manifest import build_manifests
 from w2v2_pretrain.errors import DataError
 
 
@@ -48,7 +50,7 @@ def test_written_manifest_is_fairseq_format(librispeech_tree, tmp_path):
     report = build_manifests(
         librispeech_tree, tmp_path / "m", valid_percent=0.25, seed=3, progress=False
     )
-    assert report.train + report.valid == 24 and not report.skipped
+    assert report.train + report.valid == 24 and not report.skipped and not report.bad_files
     rows = []
     for split in ("train", "valid"):
         root, items = fairseq_load(tmp_path / "m" / f"{split}.tsv")
@@ -59,7 +61,7 @@ def test_written_manifest_is_fairseq_format(librispeech_tree, tmp_path):
         rows += items
         # ours loads back identically
         ours = read_manifest(tmp_path / "m" / f"{split}.tsv")
-        assert [(e.path, e.num_samples) for e in ours.entries] == items
+        assert entries(ours) == items
     assert len(rows) == 24 and len({r for r, _ in rows}) == 24
 
 
@@ -68,7 +70,7 @@ def test_fairseq_written_manifest_loads(librispeech_tree, tmp_path):
     fairseq_write(librispeech_tree, tmp_path / "fs", "flac", 0.1, seed=42)
     m = read_manifest(tmp_path / "fs" / "train.tsv")
     _, items = fairseq_load(tmp_path / "fs" / "train.tsv")
-    assert [(e.path, e.num_samples) for e in m.entries] == items
+    assert entries(m) == items
     assert m.audio_path(0).is_file()
 
 
@@ -94,9 +96,9 @@ def test_length_filters_are_counted(librispeech_tree, tmp_path):
         progress=False,
     )
     assert report.valid == 0
-    assert report.train + sum(report.filtered.values()) == 24
-    assert report.filtered["shorter than --min-seconds"] > 0
-    assert report.filtered["longer than --max-seconds"] > 0
+    assert report.train + sum(report.skipped.values()) == 24
+    assert report.skipped["shorter than --min-seconds"] > 0
+    assert report.skipped["longer than --max-seconds"] > 0
 
 
 def test_unreadable_files_are_reported_and_counted(librispeech_tree, tmp_path):
@@ -153,7 +155,7 @@ def test_unreadable_directory_is_reported(librispeech_tree, tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "scandir", scandir)
     report = build_manifests(librispeech_tree, tmp_path, progress=False)
-    assert report.skipped == [(str(locked), "cannot read directory: Permission denied")]
+    assert report.bad_files == [(str(locked), "cannot read directory: Permission denied")]
     assert report.train + report.valid == 16
 
 
@@ -222,7 +224,7 @@ def test_committed_demo_manifests_load_from_any_clone():
     train = read_manifest(REPO / "data" / "manifests" / "train.tsv")
     valid = read_manifest(REPO / "data" / "manifests" / "valid.tsv")
     assert len(train) + len(valid) >= 300
-    assert sum(e.num_samples for e in train.entries + valid.entries) / 16_000 >= 600
+    assert sum(n for _, n in entries(train) + entries(valid)) / 16_000 >= 600
 
 
 def test_demo_corpus_meets_its_spec():
@@ -257,7 +259,7 @@ def test_manifest_parsed_in_chunks_equals_line_by_line(tmp_path, monkeypatch):
     monkeypatch.setattr(index, "_CHUNK", 97)  # many chunks, boundaries inside lines
     m = read_manifest(path)
     assert m.root == tmp_path.resolve() and len(m) == 300
-    assert [(e.path, e.num_samples) for e in m.entries] == rows
+    assert entries(m) == rows
     lines = [n for n, line in enumerate(f"{tmp_path}\n{text}".splitlines(), 1) if line]
     assert m.lines.tolist() == lines[1:]
     path.write_text(f"{tmp_path}\n{text}a/0003-ü.flac\t5\n")

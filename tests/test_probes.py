@@ -14,8 +14,9 @@ import torch
 
 from w2v2_pretrain.models import Wav2Vec2Model, preset
 from w2v2_pretrain.probes import metrics as M
+from w2v2_pretrain.probes.config import ProbeConfig
 from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio, normalize_transcript
-from w2v2_pretrain.probes.run import ProbeConfig, run_probes
+from w2v2_pretrain.probes.run import run_probes
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MANIFESTS = REPO / "data" / "manifests"
@@ -193,10 +194,10 @@ def test_run_probes_is_deterministic_and_leaves_the_model_and_rng_alone():
 @pytest.mark.slow
 def test_cli_on_all_three_model_forms(tmp_path):
     pytest.importorskip("transformers")
-    from w2v2_pretrain.checkpoint import save_model
     from w2v2_pretrain.cli.probe import main
     from w2v2_pretrain.interop.fairseq import export_fairseq
     from w2v2_pretrain.interop.hf import export
+    from w2v2_pretrain.model_files import save_model
 
     torch.manual_seed(5)
     model = Wav2Vec2Model(preset("tiny")).eval()
@@ -272,21 +273,20 @@ def test_probe_callback_cadence_and_tensorboard_tags(tmp_path):
 
 
 def test_probes_are_off_by_default(tmp_path):
-    from helpers import FAST, compose_cfg
-
-    from w2v2_pretrain.errors import ConfigError
-    from w2v2_pretrain.training.probe_callback import ProbeCallback
+    """Off unless set (the demo sets them); an unknown probe setting or a negative cadence is
+    refused as every bad setting is: one line naming the field, before the run starts."""
+    from helpers import FAST, compose_cfg, error_line
 
     cfg = compose_cfg([*FAST[1:], f"data.manifest_dir={DEMO_MANIFESTS}"], tmp_path)
     assert cfg.probe.every_n_updates == 0
     assert compose_cfg(["experiment=demo"], tmp_path).probe.every_n_updates == 200  # the demo's
-    with pytest.raises(ConfigError, match="probe.ctc_stepz: unknown probe setting"):
-        ProbeCallback({"every_n_updates": 1, "ctc_stepz": 3})
-    with pytest.raises(ConfigError, match="probe.every_n_updates=-1"):
-        ProbeCallback({"every_n_updates": -1})
+    line = error_line([*FAST, "probe.ctc_stepz=3"], tmp_path / "a")
+    assert line == "error: probe.ctc_stepz: no such setting; did you mean probe.ctc_steps?"
+    line = error_line([*FAST, "probe.every_n_updates=-1"], tmp_path / "b")
+    assert line.startswith("error: probe.every_n_updates=-1: expected an integer >= 0")
 
 
-def test_a_file_that_cannot_be_read_is_left_out_of_the_probe_set(tmp_path, caplog):
+def test_a_file_that_cannot_be_read_is_skipped_from_the_probe_set(tmp_path, caplog):
     """A corpus with bad files (the run skips them at set-up): the probe set leaves each one
     out, named in a warning, and probes the rest."""
     from helpers import messy_corpus
@@ -294,8 +294,8 @@ def test_a_file_that_cannot_be_read_is_left_out_of_the_probe_set(tmp_path, caplo
     ps = build_probe_set(messy_corpus(tmp_path), max_seconds=60)
     with caplog.at_level("WARNING", logger="w2v2_pretrain.probes.probe_set"):
         readable, audio = load_probe_audio(ps)
-    left_out = [r.getMessage() for r in caplog.records if "probe set: left out" in r.getMessage()]
-    assert len(readable.utterances) == len(audio) == len(ps.utterances) - len(left_out)
-    assert any("text.flac" in line and "unreadable audio" in line for line in left_out)
-    assert any("missing.flac" in line for line in left_out)
+    skipped = [r.getMessage() for r in caplog.records if "probe set: skipped" in r.getMessage()]
+    assert len(readable.utterances) == len(audio) == len(ps.utterances) - len(skipped)
+    assert any("text.flac" in line and "unreadable audio" in line for line in skipped)
+    assert any("missing.flac" in line for line in skipped)
     assert all(np.isfinite(a).all() and len(a) for a in audio)

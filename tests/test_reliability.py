@@ -518,7 +518,7 @@ class RecordUpdates(pl.Callback):
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, *args: object) -> None:
         RecordUpdates.losses.append(float(outputs["loss"]))
-        RecordUpdates.streaks.append(int(pl_module._streak))
+        RecordUpdates.streaks.append(int(pl_module.bad_streak))
 
 
 def test_nonfinite_stop_is_exact_and_names_the_checkpoint_to_go_back_to(tmp_path, reference):

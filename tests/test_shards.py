@@ -18,8 +18,9 @@ from test_reliability import RESUMABLE, same_curve, start, wait_for
 
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.index import read_manifest
-from w2v2_pretrain.data.shard_writer import write_shards
-from w2v2_pretrain.data.shards import ShardBatchSampler, read_index
+from w2v2_pretrain.data.shards.index import read_index
+from w2v2_pretrain.data.shards.plan import ShardBatchSampler
+from w2v2_pretrain.data.shards.writer import write_shards
 from w2v2_pretrain.train import train
 
 SHARD_CLI = [sys.executable, "-m", "w2v2_pretrain.cli.shard"]
@@ -80,7 +81,7 @@ def test_w2v2_shard_writes_lhotse_shar_and_counts_bad_files_as_w2v2_manifest(tmp
     assert proc.returncode == 0, proc.stderr
     assert "train: 10 utterances" in proc.stdout and "in 5 shards" in proc.stdout
     for reason, n in (("unreadable", 3), ("non-finite", 2), ("silent", 1), ("missing", 1)):
-        assert f"train: left out {n} ({reason})" in proc.stdout
+        assert f"train: skipped {n} ({reason})" in proc.stdout
     named = [line for line in proc.stderr.splitlines() if line.startswith("skipped /")]
     assert len(named) == 9 and "skipped 9 files" in proc.stderr
     assert any("train.tsv:18 " in line and "NaN or Inf" in line for line in named)
@@ -240,11 +241,12 @@ def test_dropped_connections_are_retried_and_read_on_at_the_same_member(
 ):
     """A server that cuts the first response of every shard short: each read is retried,
     reads forward to the member asked for, and every utterance equals the folder's."""
-    from w2v2_pretrain.data import shards as shards_module
-    from w2v2_pretrain.data.shards import ShardDataset, Transfer
+    from w2v2_pretrain.data.shards import transport
+    from w2v2_pretrain.data.shards.reader import ShardDataset
+    from w2v2_pretrain.data.shards.transport import Transfer
 
     waits = []
-    monkeypatch.setattr(shards_module, "sleep", waits.append)
+    monkeypatch.setattr(transport, "sleep", waits.append)
 
     shards, _ = demo_shards
     fast = Transfer(retries=2, backoff=0.01)
@@ -342,7 +344,8 @@ def test_shard_index_errors_are_one_line(tmp_path):
 def test_fsspec_urls_and_pipe_commands_read_what_the_folder_holds(demo_shards):
     """``file://`` (fsspec, as ``s3://`` goes) and ``pipe:cat .../{}`` read the same
     utterances as the folder; a command that fails is retried, then a one-line error."""
-    from w2v2_pretrain.data.shards import ShardDataset, Transfer
+    from w2v2_pretrain.data.shards.reader import ShardDataset
+    from w2v2_pretrain.data.shards.transport import Transfer
     from w2v2_pretrain.errors import SourceUnavailable
 
     shards, _ = demo_shards
@@ -367,19 +370,19 @@ def test_each_shard_is_opened_once_per_epoch_by_one_worker(tmp_path, demo_shards
     batches are dealt to (the stream is read front to back, never reopened)."""
     import os
 
-    from w2v2_pretrain.data import shards as shards_module
     from w2v2_pretrain.data.config import DataConfig
     from w2v2_pretrain.data.datamodule import AudioDataModule
+    from w2v2_pretrain.data.shards.reader import ShardStream
 
     log = tmp_path / "opens.txt"
-    real = shards_module.ShardStream._open
+    real = ShardStream._open
 
     def counted(self):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\t{self.location}\n")
         real(self)
 
-    monkeypatch.setattr(shards_module.ShardStream, "_open", counted)
+    monkeypatch.setattr(ShardStream, "_open", counted)
     cfg = DataConfig(
         manifest_dir=None,
         shards=str(demo_shards[0]),
@@ -407,8 +410,10 @@ def test_a_bad_or_missing_member_is_a_bad_file_named_by_its_shard(tmp_path):
     import io
     import tarfile
 
-    from w2v2_pretrain.data.dataset import BadFile, Collator
-    from w2v2_pretrain.data.shards import ShardDataset, Transfer
+    from w2v2_pretrain.data.collate import Collator
+    from w2v2_pretrain.data.dataset import BadFile
+    from w2v2_pretrain.data.shards.reader import ShardDataset
+    from w2v2_pretrain.data.shards.transport import Transfer
 
     dest = tmp_path / "shards"
     write_shards(small_manifests(tmp_path, 6), dest, shard_size=3, progress=False)

@@ -11,9 +11,12 @@ import pytorch_lightning as pl
 from helpers import FAST, compose_cfg, scalars, small_manifests
 
 from w2v2_pretrain.cli.pretrain import summary
-from w2v2_pretrain.data.dataset import Collator, Utterance
-from w2v2_pretrain.train import _result, build, train, typed
-from w2v2_pretrain.training.throughput import WAIT_ADVICE, DataStats, UpdateSums
+from w2v2_pretrain.data.collate import Collator
+from w2v2_pretrain.data.dataset import Utterance
+from w2v2_pretrain.train import build, train
+from w2v2_pretrain.training.config import run_config
+from w2v2_pretrain.training.result import run_result
+from w2v2_pretrain.training.throughput import WAIT_ADVICE, DataCounts, DataStats
 
 TAGS = ("data_wait_fraction", "padding_fraction", "cropped_fraction", "peak_memory_mib")
 RUN = ["trainer.max_steps=4", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0"]
@@ -78,16 +81,16 @@ def test_slow_loading_is_named_in_the_summary_with_what_to_change(tmp_path):
     trainer.fit(module, datamodule=datamodule)
     waits = [v for _, v in scalars(tmp_path)["train/data_wait_fraction"]]
     assert len(waits) == 4 and statistics.median(waits) > WAIT_ADVICE, waits
-    text = summary(_result(typed(cfg), trainer, module, {}, None))
+    text = summary(run_result(run_config(cfg), trainer, module, {}, None))
     assert "data:         loading held training back: the step waited for data" in text, text
     assert "Try data.num_workers=2 (now 0;" in text or "Try data.num_workers=1 (now 0;" in text
 
 
 def test_waste_advice_names_the_settings():
     stats = DataStats()
-    stats.record(UpdateSums(read_samples=100, kept_samples=70, padding_samples=0), 1.0)
+    stats.record(DataCounts(read_samples=100, kept_samples=70, padding_samples=0), 1.0)
     lines = stats.advice(num_workers=2, cores=2, collate="crop")
     assert len(lines) == 1 and lines[0].startswith("cropping: data.collate=crop threw away 30%")
     stats = DataStats()
-    stats.record(UpdateSums(read_samples=100, kept_samples=100, padding_samples=50), 1.0)
+    stats.record(DataCounts(read_samples=100, kept_samples=100, padding_samples=50), 1.0)
     assert stats.advice(num_workers=2, cores=2, collate="pad")[0].startswith("padding: 33%")

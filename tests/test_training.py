@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import EXPERIMENTS, FAST, compose_cfg, run_cli, scalars, small_manifests
 
-from w2v2_pretrain.checkpoint import save_model
+from w2v2_pretrain.model_files import save_model
 from w2v2_pretrain.models import Wav2Vec2Model, preset
 from w2v2_pretrain.paths import REPO_ROOT
 from w2v2_pretrain.train import build, train
@@ -109,7 +109,7 @@ def test_resume_continues_exactly(tmp_path):
     datamodule.setup("fit")
     assert len(datamodule.sampler("train")) == 4
     trainer.fit(module, datamodule=datamodule)
-    assert datamodule.sampler_of("train").epoch == 2  # reshuffled each epoch
+    assert trainer.train_dataloader.batch_sampler.epoch == 2  # reshuffled each epoch
 
     for stop in (3, 8, 10):  # mid-epoch, end of epoch 1, the end
         part = compose_cfg(
@@ -156,7 +156,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_codebook_usage_figure_counts_entries():
     import numpy as np
 
-    from w2v2_pretrain.training.module import codebook_usage_figure
+    from w2v2_pretrain.figures import codebook_usage_figure
 
     counts = np.zeros((2, 64))
     counts[0, :10] = 5

@@ -1,6 +1,7 @@
 """Reading and writing model files: the primitives every format shares.
 
 - `atomic_save`: ``torch.save`` that leaves the old file or the new one, never half of one;
+- `save_model`: a bare model state file (config + weights, `STATE_FORMAT`);
 - `load_file`: ``torch.load(weights_only=True)`` with the allow-list of `safe_globals`, so
   nothing in a file can run code, and one-line errors for missing, truncated or foreign files;
 - `read_ours`: config, weights and hyperparameters of our own training checkpoint or model
@@ -8,8 +9,9 @@
 - `ModelSource` (a model's config and weights as read from any format) and
   `check_weights_fit`.
 
-A leaf: it imports only `w2v2_pretrain.errors` and `w2v2_pretrain.models`, so the format
-readers (`w2v2_pretrain.interop`) and the dispatcher (`w2v2_pretrain.checkpoint`) both build on it.
+A leaf: it imports only `w2v2_pretrain.atomic`, `w2v2_pretrain.errors` and
+`w2v2_pretrain.models`, so the format readers (`w2v2_pretrain.interop`) and the dispatcher
+(`w2v2_pretrain.model_sources`) both build on it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     over ``path``: whatever kills the process, ``path`` is the old file or the new one."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+def save_model(model: Wav2Vec2Model, path: str | Path) -> None:
+    """Write the config and weights atomically (see `atomic_save`)."""
+    atomic_save(
+        {"format": STATE_FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict()},
+        path,
+    )
 
 
 # -- what loading allows ------------------------------------------------------------------

@@ -8,6 +8,8 @@ from pathlib import Path
 from w2v2_pretrain.atomic import atomic_dir, writable_dir
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.errors import DataError, W2V2Error
+from w2v2_pretrain.interop.fairseq import export_fairseq
+from w2v2_pretrain.model_sources import read_model_source
 
 
 def check_out(out: Path, fmt: str, overwrite: bool) -> None:
@@ -61,14 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     check_out(Path(args.out), args.format, args.overwrite)
-    from w2v2_pretrain.checkpoint import read_model_source
-
     source = read_model_source(args.model)
     model = source.model()
     n = sum(t.numel() for t in model.parameters())
     if args.format == "fairseq":
-        from w2v2_pretrain.interop.fairseq import export_fairseq
-
         out = export_fairseq(model, args.out, num_updates=source.num_updates or 0)
         print(
             f"wrote {out} ({n / 1e6:.1f}M parameters): fairseq "

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from w2v2_pretrain.cli import friendly_errors
-from w2v2_pretrain.data.manifest import build_manifests
+from w2v2_pretrain.data.manifest import LONGER, SHORTER, build_manifests
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,18 +67,20 @@ def main(argv: list[str] | None = None) -> None:
         decode=args.verify == "decode",
     )
     _record(args)
-    for path, why in report.skipped:
+    for path, why in report.bad_files:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(
         f"train.tsv: {report.train} files, {report.train_seconds / 3600:.2f} h; "
         f"valid.tsv: {report.valid} files, {report.valid_seconds / 3600:.2f} h -> {args.dest}"
     )
-    for reason, n in report.filtered.items():
-        print(f"filtered {n} files: {reason}")
-    if report.skipped:
-        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.skipped_kinds.items()))
+    for reason in (SHORTER, LONGER):
+        if report.skipped[reason]:
+            print(f"skipped {report.skipped[reason]} files: {reason}")
+    if report.bad_files:
+        bad = sorted((k, n) for k, n in report.skipped.items() if k not in (SHORTER, LONGER))
+        kinds = ", ".join(f"{n} {kind}" for kind, n in bad)
         print(
-            f"skipped {len(report.skipped)} files or folders ({kinds}; listed above)",
+            f"skipped {len(report.bad_files)} files or folders ({kinds}; listed above)",
             file=sys.stderr,
         )
         if args.strict:
@@ -89,8 +91,9 @@ def _record(args: argparse.Namespace) -> None:
     """Write each manifest's verify record (what training reads instead of scanning again)."""
     from pathlib import Path
 
+    from w2v2_pretrain.data.config import VerifyLevel
     from w2v2_pretrain.data.index import read_manifest
-    from w2v2_pretrain.data.verify import VerifyLevel, verified_scan
+    from w2v2_pretrain.data.record import verified_scan
 
     for split in ("train", "valid"):
         manifest = read_manifest(Path(args.dest) / f"{split}.tsv")

@@ -9,14 +9,17 @@ import torch
 
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.model_sources import read_model_source
+from w2v2_pretrain.models import Wav2Vec2Model, preset
+from w2v2_pretrain.probes.config import ProbeConfig
+from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio
+from w2v2_pretrain.probes.report import format_table, write_json
+from w2v2_pretrain.probes.run import run_probes
 
 RANDOM_INIT = "random-init:"
 
 
 def _models(args: argparse.Namespace) -> list[tuple[str, object]]:
-    from w2v2_pretrain.checkpoint import read_model_source
-    from w2v2_pretrain.models import Wav2Vec2Model, preset
-
     out: list[tuple[str, object]] = []
     for name in args.random_init or []:
         with torch.random.fork_rng(devices=[]):
@@ -67,9 +70,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _probe_all(args: argparse.Namespace) -> list:
     """A `ProbeReport` per model, on one probe set (printed as it goes)."""
-    from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio
-    from w2v2_pretrain.probes.run import ProbeConfig, run_probes
-
     config = ProbeConfig(layers=args.layers, max_seconds=args.max_seconds, seed=args.seed)
     config.validate("--")
     probe_set = build_probe_set(
@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if not args.models and not args.random_init:
         raise ConfigError("no model: give MODEL paths and/or --random-init PRESET")
-    from w2v2_pretrain.probes.report import format_table, write_json
-
     reports = _probe_all(args)
     print()
     print(format_table(reports))

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from w2v2_pretrain.cli import friendly_errors
-from w2v2_pretrain.data.shard_writer import write_shards
+from w2v2_pretrain.data.shards.writer import write_shards
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,15 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     skipped = 0
     for split, report in reports.items():
-        for entry in report.skipped:
+        for entry in report.bad_files:
             print(f"skipped {entry}", file=sys.stderr)
-        skipped += len(report.skipped)
+        skipped += len(report.bad_files)
         print(
             f"{split}: {report.utterances} utterances, {report.seconds / 3600:.2f} h in "
             f"{report.shards} shards -> {args.dest}/{split}"
         )
-        for reason, n in sorted(report.dropped.items()):
-            print(f"{split}: left out {n} ({reason})")
+        for reason, n in sorted(report.skipped.items()):
+            print(f"{split}: skipped {n} ({reason})")
     if skipped:
         print(f"skipped {skipped} files (listed above)", file=sys.stderr)
     if skipped and args.strict:

@@ -13,9 +13,49 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from w2v2_pretrain.data.dataset import CollateMode
-from w2v2_pretrain.data.verify import BadFilePolicy, VerifyLevel
+from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.errors import ConfigError
+
+
+class CollateMode(Choice):
+    """How a batch of different lengths becomes one tensor (``data.collate``)."""
+
+    crop = "crop"
+    """Crop every clip to the shortest (fairseq's pretraining default: no padding)."""
+    pad = "pad"
+    """Zero-pad to the longest and pass the lengths (the model masks the padding)."""
+
+
+class BadFilePolicy(Choice):
+    """What a file that cannot be used does to the run (``data.on_bad_file``)."""
+
+    error = "error"
+    """Stop, naming the file (in training: with a checkpoint to resume from)."""
+    skip = "skip"
+    """Skip it, name it in the log and in ``bad_files.tsv``, count it, go on."""
+
+
+class VerifyLevel(Choice):
+    """How closely the setup checks every manifest entry (``data.verify``)."""
+
+    none = "none"
+    """Only that each file exists."""
+    header = "header"
+    """Read every header: unreadable, empty and wrong-length files (true means this)."""
+    decode = "decode"
+    """Decode every file in full: also truncated FLACs, NaN/Inf and all-zero audio."""
+
+    @classmethod
+    def parse(cls, value, field: str) -> VerifyLevel:
+        if isinstance(value, bool):
+            return cls.header if value else cls.none
+        return super().parse(value, field)
+
+    @property
+    def rank(self) -> int:
+        """0 none, 1 header, 2 decode: a scan at a higher rank answers a lower one."""
+        return ("none", "header", "decode").index(self.value)
+
 
 TEMPERATURE = "temperature"
 """``data.corpus_weights=temperature``: each corpus's share from its hours and an exponent."""
@@ -62,7 +102,7 @@ class DataConfig:
     downmix: bool = True
     """Average multi-channel audio (true) or refuse it (false)."""
     min_sample_size: int = 32_000
-    """Shorter clips are dropped and counted; fairseq ``min_sample_size``. BASE 32000."""
+    """Shorter clips are skipped and counted; fairseq ``min_sample_size``. BASE 32000."""
     max_sample_size: int = 250_000
     """Longer clips are cropped; fairseq ``max_sample_size``. BASE 250000."""
     max_tokens: int = 1_400_000

@@ -1,4 +1,5 @@
-"""LightningDataModule over a manifest folder holding ``train.tsv`` and ``valid.tsv``."""
+"""LightningDataModule over manifest folders (``train.tsv`` and ``valid.tsv``) or shard
+locations: set-up checks, the corpus table, the batch samplers and the loaders."""
 
 from __future__ import annotations
 
@@ -13,25 +14,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from w2v2_pretrain.data.config import DataConfig
-from w2v2_pretrain.data.dataset import (
-    AudioDataset,
-    Batch,
-    Collator,
-    MaskPlanner,
-    VerifyLevel,
-    check_manifest,
-)
-from w2v2_pretrain.data.manifest import Manifest, read_manifest
+from w2v2_pretrain.data.collate import Batch, Collator, MaskPlanner, MaskSeeds
+from w2v2_pretrain.data.config import DataConfig, VerifyLevel
+from w2v2_pretrain.data.dataset import AudioDataset
+from w2v2_pretrain.data.index import Manifest, read_manifest
+from w2v2_pretrain.data.record import load_record, verified_scan
 from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
-from w2v2_pretrain.data.shards import (
-    ShardBatchSampler,
-    ShardDataset,
-    Transfer,
-    read_index,
-    shard_sizes_in_order,
-)
-from w2v2_pretrain.data.verify import Scan, load_record, verified_scan
+from w2v2_pretrain.data.scan import Scan
+from w2v2_pretrain.data.shards.index import read_index
+from w2v2_pretrain.data.shards.plan import ShardBatchSampler, shard_sizes_in_order
+from w2v2_pretrain.data.shards.reader import ShardDataset
+from w2v2_pretrain.data.shards.transport import Transfer
+from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.data.workers import worker_init_fn
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.logs import run_logger
@@ -61,52 +55,60 @@ class TimedDataLoader(DataLoader):
 
 
 class AudioDataModule(pl.LightningDataModule):
-    """Pretraining data: any manifest folder made by ``w2v2-manifest`` or fairseq.
+    """Pretraining data: any manifest folder made by ``w2v2-manifest`` or fairseq, or shards.
 
     Args:
         cfg: the ``data`` settings (`DataConfig`), validated here.
+        model: the model the batches are for: its receptive field (shorter clips are bad
+            files) and its masking, drawn in the loaders (`MaskPlanner`) with ``seeds``. None:
+            no masks planned (the model then draws its own).
+        seeds: where the masks and distractors are drawn from (`MaskSeeds`).
+        fixed_order: serve epoch 0's batches and crops every epoch (overfitting one batch).
+        bad_files_log: the run's ``bad_files.tsv``, where the set-up names the bad files it
+            skipped; its folder keeps the verify record when the manifest's folder is
+            read-only.
 
-    ``fixed_order = True`` (set by training when overfitting one batch) serves epoch 0's
-    batches and crops every epoch. ``receptive_field`` (samples the feature encoder needs for
-    one frame) and the mask planners come from the model (`plan_masks_for`).
+    A resumed run says where its interrupted epoch stands (`resume_at`), before the training
+    loader is made.
     """
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        model: Wav2Vec2Config | None = None,
+        seeds: MaskSeeds | None = None,
+        fixed_order: bool = False,
+        bad_files_log: Path | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg.validate()
         self.manifest_dirs = [Path(d) for d in cfg.manifest_dirs]
         self.audio_per_update = cfg.audio_seconds_per_update
-        self.receptive_field = 400
-        self.fixed_order = False
-        self.bad_files_log: Path | None = None  # the run's bad_files.tsv (set by training)
-        self.planners: dict[str, MaskPlanner] = {}
+        self.receptive_field = model.receptive_field if model is not None else 400
+        self.planners = MaskPlanner.for_splits(model, seeds or MaskSeeds()) if model else {}
+        self.fixed_order = fixed_order
+        self.bad_files_log = bad_files_log
         self.datasets: dict[str, AudioDataset] = {}
-        self.dropped: dict[str, dict[str, int]] = {}
-        self.skipped: dict[str, list[str]] = {}
-        self._samplers: dict[str, BucketBatchSampler] = {}
+        self.skipped: dict[str, dict[str, int]] = {}
+        """Per split: what the set-up skipped, counted by reason."""
+        self.bad_files: dict[str, list[str]] = {}
+        """Per split: the bad files the set-up skipped (``where: reason``)."""
         # (C,) each corpus's share of the training batches (None: each utterance once)
         self.train_shares: np.ndarray | None = None
+        self._resume: tuple[int, int] | None = None
 
-    def plan_masks_for(
-        self, model: Wav2Vec2Config, train_seed: int, fixed: bool, val_seed: int
-    ) -> None:
-        """Draw masks and distractors in the loaders (not on the device), as ``model`` would.
-
-        Training draws anew each epoch from (``train_seed``, epoch, utterance), or the same
-        every epoch when ``fixed``; validation always the same, from ``val_seed``.
-        """
-        self.receptive_field = model.receptive_field
-        self.planners = {
-            "train": MaskPlanner.for_model(model, train_seed, per_epoch=not fixed),
-            "valid": MaskPlanner.for_model(model, val_seed, per_epoch=False),
-        }
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """The run continues ``epoch`` after its first ``batches`` training batches (what the
+        checkpoint's loop progress says: training/run_state.py)."""
+        self._resume = (epoch, batches)
 
     def _load(self, split: str) -> AudioDataset:
         if split in self.datasets:
             return self.datasets[split]
         if self.cfg.shard_locations:
             return self._loaded(split, self._load_shards(split))
-        parts, dropped, skipped = [], Counter(), []
+        parts, skipped, bad_files = [], Counter(), []
         for folder in self.manifest_dirs:
             if not folder.is_dir():
                 raise DataError(f"data.manifest_dir: {folder} is not a directory")
@@ -118,7 +120,7 @@ class AudioDataModule(pl.LightningDataModule):
                     manifest.source,
                     int(manifest.outside.sum()),
                 )
-            part, part_dropped, part_skipped = check_manifest(
+            part, part_skipped, part_bad = check_manifest(
                 manifest,
                 self.cfg.min_sample_size,
                 self.receptive_field,
@@ -130,10 +132,10 @@ class AudioDataModule(pl.LightningDataModule):
                 downmix=self.cfg.downmix,
             )
             parts.append(part)
-            dropped.update(part_dropped)
-            skipped += part_skipped
+            skipped.update(part_skipped)
+            bad_files += part_bad
         manifest = parts[0] if len(parts) == 1 else Manifest.concat(parts)
-        self._note_dropped(split, dropped, skipped)
+        self._note_skipped(split, skipped, bad_files)
         return self._loaded(split, AudioDataset(manifest, **self._item_settings(split)))
 
     def _item_settings(self, split: str) -> dict:
@@ -149,30 +151,30 @@ class AudioDataModule(pl.LightningDataModule):
             crop_alignment=self.cfg.crop_alignment,
         )
 
-    def _note_dropped(self, split: str, dropped: Counter, skipped: list[str]) -> None:
-        """Keep what the set-up left out of ``split``; name the bad files in bad_files.tsv."""
-        self.dropped[split] = dict(dropped)
-        self.skipped[split] = skipped
-        if skipped and self.bad_files_log is not None and self._world()[1] == 0:
+    def _note_skipped(self, split: str, skipped: Counter, bad_files: list[str]) -> None:
+        """Keep what the set-up skipped of ``split``; name the bad files in bad_files.tsv."""
+        self.skipped[split] = dict(skipped)
+        self.bad_files[split] = bad_files
+        if bad_files and self.bad_files_log is not None and self._world()[1] == 0:
             self.bad_files_log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.bad_files_log, "a") as f:
-                f.writelines(f"setup\t{entry}\n" for entry in skipped)
+                f.writelines(f"setup\t{entry}\n" for entry in bad_files)
 
     def _load_shards(self, split: str) -> ShardDataset:
         """The ``split`` of every shard location (its index.json), less the clips shorter than
         ``min_sample_size`` or the feature encoder's receptive field (counted; w2v2-shard has
-        checked and decoded every file, and what it left out is counted in its index)."""
-        parts, dropped = [], Counter()
+        checked and decoded every file, and what it skipped is counted in its index)."""
+        parts, skipped = [], Counter()
         floor = max(self.cfg.min_sample_size, self.receptive_field)
         for location in self.cfg.shard_locations:
             part = read_index(location, split, self.transfer)
             lengths = part.num_samples * self.cfg.sample_rate // part.sample_rate
             short = lengths < floor
             if short.any():
-                dropped[f"shorter than {floor} samples"] += int(short.sum())
+                skipped[f"shorter than {floor} samples"] += int(short.sum())
                 part = part.select(np.flatnonzero(~short))
             parts.append(part)
-        self._note_dropped(split, dropped, [])
+        self._note_skipped(split, skipped, [])
         return ShardDataset(parts, self.transfer, **self._item_settings(split))
 
     @property
@@ -301,23 +303,17 @@ class AudioDataModule(pl.LightningDataModule):
                 corpora=np.array(ds.manifest.corpora(), dtype=np.int64),
                 **settings,
             )
-        self._samplers[split] = s
         return s
-
-    def sampler_of(self, split: str) -> BucketBatchSampler | None:
-        """The batch sampler of the last loader made for ``split``."""
-        return self._samplers.get(split)
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         sampler = self.sampler(split)
-        if train and self.trainer is not None:
-            # resume mid-epoch: continue the interrupted epoch where it stopped, not from its start
-            sampler.set_epoch(self.trainer.current_epoch)
-            # `processed`: a checkpoint saved at the end of a batch counts it processed, not yet
-            # completed, and Lightning resumes with the next batch index
-            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            sampler.resume(self.trainer.current_epoch, progress.processed)
+        if train and self._resume is not None:
+            # resume mid-epoch: continue the interrupted epoch where it stopped, not from its
+            # start (Lightning sets later epochs itself, through `batch_sampler.sampler`)
+            epoch, batches = self._resume
+            sampler.set_epoch(epoch)
+            sampler.resume(epoch, batches)
         return TimedDataLoader(
             self.datasets[split],
             batch_sampler=sampler,

@@ -2,7 +2,8 @@
 
 Manifests written here load in fairseq (``wav2vec_manifest.py`` format) and fairseq's load here. A
 root line that is relative is resolved against the manifest's own folder, so a manifest committed
-next to its corpus works from any clone. Reading (`read_manifest`, `Manifest`) is in index.py.
+next to its corpus works from any clone. This module writes them (`build_manifests` walks a
+LibriSpeech-style tree); reading them (`read_manifest`, `Manifest`) is index.py.
 """
 
 from __future__ import annotations
@@ -13,19 +14,16 @@ import random
 import stat
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from w2v2_pretrain.atomic import atomic_open, writable_dir
 from w2v2_pretrain.data.audio import AudioInfo, AudioProblem, inspect_audio
-
-# the reading side lives in index.py (the manifest as columns); its names stay importable here
-from w2v2_pretrain.data.index import Manifest, ManifestEntry, read_manifest
+from w2v2_pretrain.data.parallel import in_threads
 from w2v2_pretrain.errors import DataError
 
-__all__ = ["Manifest", "ManifestEntry", "read_manifest", "write_manifest", "build_manifests"]
+SHORTER, LONGER = "shorter than --min-seconds", "longer than --max-seconds"
+"""The reasons a clip is skipped by a setting (`ManifestReport.skipped`), not as a bad file."""
 
 
 def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> None:
@@ -38,20 +36,20 @@ def write_manifest(path: Path, root: Path, entries: list[tuple[str, int]]) -> No
 
 @dataclass
 class ManifestReport:
-    """What `build_manifests` did: counts per split, every file or folder it skipped with the
-    reason, and the skips counted by kind."""
+    """What `build_manifests` did: counts per split, and what it skipped: counted by reason
+    (``skipped``: the bad files' kinds, and `SHORTER` / `LONGER` for the clips a setting left
+    out), the bad files (or folders) also named with why (``bad_files``)."""
 
     train: int = 0
     valid: int = 0
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    skipped_kinds: Counter = field(default_factory=Counter)
-    filtered: Counter = field(default_factory=Counter)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
 
-    def skip(self, path: str, kind: str, detail: str) -> None:
-        self.skipped.append((path, detail))
-        self.skipped_kinds[kind] += 1
+    def bad_file(self, path: str, kind: str, detail: str) -> None:
+        self.bad_files.append((path, detail))
+        self.skipped[kind] += 1
 
 
 # what str.splitlines (our reader) or a text file (fairseq's) splits on, and the column separator
@@ -218,26 +216,12 @@ class _Split:
     valid: list[tuple[str, int]] = field(default_factory=list)
 
 
-def _read_headers(
-    files: list[Path], decode: bool, workers: int, progress: bool
-) -> list[AudioInfo | AudioProblem]:
-    """`inspect_audio` of every file, in parallel threads, in order."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        headers = pool.map(partial(inspect_audio, decode=decode), files, chunksize=16)
-        if progress:
-            from tqdm import tqdm
-
-            desc = "decoding" if decode else "reading headers"
-            headers = tqdm(headers, total=len(files), desc=desc, unit="file")
-        return list(headers)
-
-
 def _length_filter(seconds: float, min_seconds: float, max_seconds: float | None) -> str | None:
     """Why a clip this long stays out of the manifests (``--min/max-seconds``), or None."""
     if seconds < min_seconds:
-        return "shorter than --min-seconds"
+        return SHORTER
     if max_seconds is not None and seconds > max_seconds:
-        return "longer than --max-seconds"
+        return LONGER
     return None
 
 
@@ -253,17 +237,17 @@ def _split(
     max_seconds: float | None,
 ) -> _Split:
     """Assign each usable file to train or valid as fairseq does, counting it in ``report``
-    (with the files skipped or filtered out)."""
+    (with the files skipped)."""
     rng = random.Random(seed)
     split = _Split()
     for path, res in zip(files, headers, strict=True):
         if isinstance(res, AudioProblem):
-            report.skip(shown(path), res.kind, res.detail)
+            report.bad_file(shown(path), res.kind, res.detail)
             continue
         seconds = res.frames / res.sample_rate
         reason = _length_filter(seconds, min_seconds, max_seconds)
         if reason:
-            report.filtered[reason] += 1
+            report.skipped[reason] += 1
             continue
         row = (str(path.relative_to(root)), res.frames)
         if rng.random() > valid_percent:
@@ -313,10 +297,11 @@ def build_manifests(
         raise DataError(f"{shown(root)}: the root's path holds a tab or line break")
     dest = writable_dir(dest, "--dest")
     report = ManifestReport()
-    files = find_audio(root, ext, report.skip)
-    if not files and not report.skipped:
+    files = find_audio(root, ext, report.bad_file)
+    if not files and not report.bad_files:
         raise DataError(f"{root}: no *.{ext} files found")
-    headers = _read_headers(files, decode, workers, progress)
+    title = ("decoding" if decode else "reading headers") if progress else None
+    headers = in_threads(lambda f: inspect_audio(f, decode=decode), files, workers, title)
     split = _split(
         root,
         files,

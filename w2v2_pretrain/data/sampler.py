@@ -161,7 +161,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         n = len(self.sizes)
         key = self.sizes[items] * n + tiebreak[items]  # unique: one sort instead of a lexsort
         order = items[np.argsort(key)]
-        return order, _greedy_bounds(self.sizes[order], self.max_tokens, self.max_batch_size)
+        return order, greedy_bounds(self.sizes[order], self.max_tokens, self.max_batch_size)
 
     def _make_plan(self, epoch: int) -> EpochPlan:
         rng = np.random.default_rng((self.seed, epoch))
@@ -236,7 +236,7 @@ class EpochPlan:
         return [(i, copy) for i in self.order[self.starts[k] : self.ends[k]].tolist()]
 
 
-def _greedy_bounds(sizes: np.ndarray, max_tokens: int, max_batch: int | None) -> np.ndarray:
+def greedy_bounds(sizes: np.ndarray, max_tokens: int, max_batch: int | None) -> np.ndarray:
     """(B + 1,) bounds of the greedy cut of ascending ``sizes``: each batch takes items while
     ``count * size of the last <= max_tokens`` (and ``count <= max_batch``).
 

@@ -8,8 +8,8 @@ from w2v2_pretrain.models.config import (
     ObjectiveConfig,
     QuantizerConfig,
     Wav2Vec2Config,
-    preset,
 )
+from w2v2_pretrain.models.presets import preset
 from w2v2_pretrain.models.wav2vec2 import Wav2Vec2Model, Wav2Vec2Output
 
 __all__ = [

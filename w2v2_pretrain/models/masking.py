@@ -34,31 +34,6 @@ class MaskPlan:
         """M, masked frames per row (known on the host)."""
         return self.indices.shape[1]
 
-    @classmethod
-    def from_mask(
-        cls,
-        mask: torch.Tensor,
-        distractors: torch.Tensor,
-        padding: torch.Tensor | None = None,
-    ) -> MaskPlan:
-        """A plan from a given boolean mask; checks it (this reads the mask on the host).
-
-        Shape:
-            mask: (B, T) bool; distractors: (B, M, K); padding: (B, T) bool, True at padding.
-        """
-        counts = mask.sum(1)
-        if bool((counts != counts[0]).any()):
-            raise ValueError(f"mask must cover the same number of frames in every row: {counts}")
-        if padding is not None and bool((mask & padding).any()):
-            raise ValueError("mask covers padded frames")
-        B, M = mask.shape[0], int(counts[0])
-        if distractors.shape[:2] != (B, M):
-            raise ValueError(
-                f"distractors of shape {tuple(distractors.shape)} for {B} x {M} masked"
-            )
-        indices = mask.nonzero()[:, 1].view(B, M)
-        return cls(mask, indices, distractors)
-
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPlan:
         return MaskPlan(
             *(

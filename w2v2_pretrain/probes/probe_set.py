@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from w2v2_pretrain.data.audio import normalize, read_audio, sample_problem
-from w2v2_pretrain.data.manifest import Manifest, read_manifest
+from w2v2_pretrain.data.index import Manifest, read_manifest
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
 from w2v2_pretrain.logs import run_logger
 
@@ -146,7 +146,7 @@ def build_probe_set(
         rng.shuffle(order)
         words = _wrd(manifest_dir, split, manifest)
         for i in order:
-            n = manifest.entries[i].num_samples
+            n = int(manifest.num_samples[i])
             if (budget - n < 0 and picked) or manifest.audio_path(i) in seen:
                 continue
             seen.add(manifest.audio_path(i))
@@ -156,14 +156,14 @@ def build_probe_set(
         raise DataError(f"{manifest_dir}: neither valid.tsv nor train.tsv holds an utterance")
     candidates = []
     for split, i, manifest, words in picked:
-        e = manifest.entries[i]
+        rel, n = manifest.path(i), int(manifest.num_samples[i])
         audio = manifest.audio_path(i)
         if words is not None:
             text = words[i]
         else:
-            text = _trans_txt(audio.parent, cache).get(Path(e.path).name.split(".")[0])
+            text = _trans_txt(audio.parent, cache).get(Path(rel).name.split(".")[0])
         text = normalize_transcript(text) if text is not None else None
-        candidates.append((split, audio, manifest.where(i), e.num_samples, _speaker(e.path), text))
+        candidates.append((split, audio, manifest.where(i), n, _speaker(rel), text))
     utterances = _split(candidates, held_out_fraction, rng)
     return ProbeSet(manifest_dir, utterances, _skipped(utterances))
 
@@ -215,11 +215,11 @@ def load_probe_audio(
         try:
             wav = read_audio(u.path, sample_rate, expected_samples=u.num_samples, where=u.where)
         except DataError as e:
-            log.warning("probe set: left out %s", one_line(e))
+            log.warning("probe set: skipped %s", one_line(e))
             continue
         problem = sample_problem(wav)  # as the training loader refuses it
         if problem is not None:
-            log.warning("probe set: left out %s: %s", u.where, problem.detail)
+            log.warning("probe set: skipped %s: %s", u.where, problem.detail)
             continue
         kept.append(u)
         out.append(normalize(wav) if normalize_input else wav)

@@ -1,5 +1,5 @@
-"""Probe results as people read them: a table (model x layer x probe), JSON records, and a
-picture of each probe against the layer."""
+"""Probe results as people read them: a table (model x layer x probe) and JSON records (the
+picture of each probe against the layer is `w2v2_pretrain.figures.layer_figure`)."""
 
 from __future__ import annotations
 
@@ -50,15 +50,6 @@ def format_table(reports: Sequence[ProbeReport]) -> str:
     return "\n".join(lines)
 
 
-def skipped_lines(reports: Sequence[ProbeReport]) -> list[str]:
-    """``skipped cer: <why>`` once per probe skipped (the probe set decides, so it is the same
-    for every model)."""
-    seen: dict[str, str] = {}
-    for rep in reports:
-        seen.update(rep.skipped)
-    return [f"skipped {p}: {why}" for p, why in seen.items()]
-
-
 def write_json(reports: Sequence[ProbeReport], path: str | Path) -> Path:
     """A list of ``{"model", "layer", "probe", "value"}`` records."""
     path = Path(path)
@@ -66,29 +57,3 @@ def write_json(reports: Sequence[ProbeReport], path: str | Path) -> Path:
     records = [asdict(r) for rep in reports for r in rep.records]
     path.write_text(json.dumps(records, indent=1) + "\n")
     return path
-
-
-def layer_figure(report: ProbeReport, step: int | None = None):
-    """Each probe that ran against the layer (CER, speaker accuracy, effective rank), one
-    panel each, for TensorBoard."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [p for p in ("cer", "speaker_acc", "rankme") if report.best(p) is not None]
-    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.2 * max(len(shown), 1), 2.6))
-    axes = axes if hasattr(axes, "__len__") else [axes]
-    layers = report.layers()
-    for ax, probe in zip(axes, shown, strict=False):
-        values = [report.value(probe, layer) for layer in layers]
-        ax.plot(layers, values, marker="o")
-        if probe == "speaker_acc" and "speaker_acc" in report.chance:
-            ax.axhline(report.chance["speaker_acc"], color="grey", linestyle=":", label="chance")
-            ax.legend(fontsize=7)
-        ax.set_xlabel("layer")
-        ax.set_title(probe, fontsize=9)
-        ax.set_xticks(layers)
-    fig.suptitle(f"probes per layer{'' if step is None else f', update {step}'}", fontsize=9)
-    fig.tight_layout()
-    return fig

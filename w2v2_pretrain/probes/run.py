@@ -3,17 +3,15 @@ the probes per layer. Used by the training callback and by ``w2v2-probe``."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.models import Wav2Vec2Model
+from w2v2_pretrain.probes.config import ProbeConfig
 from w2v2_pretrain.probes.metrics import (
     LinearBudget,
     cluster_quality,
@@ -27,71 +25,6 @@ from w2v2_pretrain.probes.probe_set import ProbeSet
 PROBES = ("cer", "speaker_acc", "rankme", "silhouette", "cluster_ppl")
 """Every probe's record name: character error rate (lower is better), speaker accuracy,
 effective rank, k-means silhouette and cluster-use perplexity (higher is better)."""
-
-
-@dataclass(kw_only=True)
-class ProbeConfig:
-    """What is probed and with what budget (the ``probe`` config node, less the cadence)."""
-
-    layers: list[int] | None = None
-    """Layers to probe: 0 is the Transformer's input, i the output of block i (None: all)."""
-    max_seconds: float = 240.0
-    """Audio in the probe set (validation split first, then a slice of train)."""
-    held_out_fraction: float = 1 / 3
-    """Share of each speaker's utterances held out for scoring."""
-    seed: int = 0
-    """Chooses the probe set and the label-free subsamples."""
-    ctc_steps: int = 40
-    """Full-batch AdamW steps of the CTC probe after its least-squares warm start."""
-    ctc_lr: float = 0.05
-    speaker_steps: int = 100
-    """Full-batch AdamW steps of the speaker classifier (from zero weights)."""
-    speaker_lr: float = 0.05
-    weight_decay: float = 1e-4
-    clusters: int = 32
-    """k of the k-means for the silhouette and cluster perplexity."""
-    cluster_frames: int = 1500
-    """Frames clustered (the silhouette is quadratic in them)."""
-    rank_frames: int = 20_000
-    """Frames in the effective rank."""
-
-    @staticmethod
-    def from_mapping(values: Mapping[str, Any], where: str = "probe") -> ProbeConfig:
-        """From a config node; an unknown key or a bad value is a one-line `ConfigError`."""
-        names = {f.name for f in dataclasses.fields(ProbeConfig)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(
-                f"{where}.{unknown[0]}: unknown probe setting; known: {sorted(names)}"
-            )
-        cfg = ProbeConfig(**{k: v for k, v in values.items()})
-        if cfg.layers is not None:
-            cfg.layers = [int(x) for x in cfg.layers]
-        return cfg.validate(where)
-
-    def validate(self, where: str = "probe") -> ProbeConfig:
-        for name in ("ctc_steps", "speaker_steps", "clusters", "cluster_frames", "rank_frames"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{where}.{name}={getattr(self, name)}: expected >= 1")
-        for name in ("ctc_lr", "speaker_lr", "max_seconds"):
-            if not float(getattr(self, name)) > 0:
-                raise ConfigError(f"{where}.{name}={getattr(self, name)}: expected > 0")
-        if not 0 < self.held_out_fraction < 1:
-            raise ConfigError(
-                f"{where}.held_out_fraction={self.held_out_fraction}: expected 0 < f < 1"
-            )
-        return self
-
-    def check_layers(self, num_layers: int, where: str = "probe.layers") -> list[int]:
-        """The layers to probe of a model with ``num_layers`` blocks."""
-        if self.layers is None:
-            return list(range(num_layers + 1))
-        bad = [x for x in self.layers if not 0 <= x <= num_layers]
-        if bad:
-            raise ConfigError(
-                f"{where}: layer {bad[0]} does not exist; the model has 0..{num_layers}"
-            )
-        return sorted(set(self.layers))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Lightning pieces the run adds: once-per-update LR logging, crash-safe checkpoint files and a
-model summary that counts the FLOPs of a training step."""
+"""Lightning pieces the run adds: once-per-update LR logging, crash-safe checkpoint files, a
+progress bar closed on every way out, and a model summary that counts the FLOPs of a training
+step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, RichModelSummary
+from pytorch_lightning.callbacks import (
+    LearningRateMonitor,
+    ModelSummary,
+    RichModelSummary,
+    TQDMProgressBar,
+)
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 from typing_extensions import override
 
@@ -27,6 +33,25 @@ class UpdateLearningRateMonitor(LearningRateMonitor):
         batch_idx = args[2] if len(args) > 2 else kwargs.get("batch_idx", 0)
         if batch_idx % trainer.accumulate_grad_batches == 0:  # an update's first micro-batch
             super().on_train_batch_start(trainer, *args, **kwargs)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, closed also when a run stops on an error or a signal.
+
+    Lightning closes its bars only at the end of a stage; a bar left open by an exception is
+    drawn once more when the process exits, after the run's summary (and, in a test session,
+    after pytest's)."""
+
+    _BARS = ("train_progress_bar", "val_progress_bar", "test_progress_bar", "predict_progress_bar")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        for name in self._BARS:
+            try:
+                bar = getattr(self, name)
+            except TypeError:  # Lightning's way of saying that bar was never made
+                continue
+            bar.close()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from w2v2_pretrain.data.config import DataConfig
-from w2v2_pretrain.data.dataset import CollateMode
+from w2v2_pretrain.data.config import CollateMode, DataConfig
 from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.models.config import FeatureEncoderMode, Wav2Vec2Config

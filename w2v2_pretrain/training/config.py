@@ -1,9 +1,12 @@
 """Typed root of the composed configuration (what ``w2v2-pretrain`` runs).
 
 Registered as the schema of ``train.yaml`` (`w2v2_pretrain.configs.register_configs`), so
-Hydra refuses an unknown root key or a value of the wrong type at composition. The groups that
+Hydra refuses an unknown key or a value of the wrong type at composition; `RunConfig.validate`
+checks what types cannot (ranges, settings that must agree), naming the field. The groups that
 hold Lightning, optimizer and logger settings (``trainer``, ``optim``, ``callbacks``,
-``logger``, ``paths``) are their libraries' arguments, instantiated as they are.
+``logger``) are their libraries' arguments, instantiated as they are.
+
+Torch-free and Lightning-free: composing a config imports neither.
 """
 
 from __future__ import annotations
@@ -11,11 +14,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2v2_pretrain.checkpoint import InitTemperature
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from w2v2_pretrain.choice import Choice
 from w2v2_pretrain.data.config import DataConfig
+from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.models.config import Wav2Vec2Config
-from w2v2_pretrain.probes.run import ProbeConfig
-from w2v2_pretrain.training.health import HealthConfig
+from w2v2_pretrain.probes.config import ProbeConfig
+
+
+class InitTemperature(Choice):
+    """Where the Gumbel temperature of a run started from a source's weights begins
+    (``init_temperature``)."""
+
+    end = "end"
+    """Where the source's schedule left it: its floor, or where ``num_updates`` took it."""
+    restart = "restart"
+    """The schedule's start, as a fresh run."""
+
+
+@dataclass(kw_only=True)
+class HealthConfig:
+    """Thresholds of the run-health warnings (config node ``health``; training/health.py)."""
+
+    plateau_margin: float = 0.05
+    """Nats: a validation contrastive loss within this of chance ln(K+1) counts as 'at chance'."""
+    plateau_updates: int = 5000
+    """Updates after warm-up that validation may stay at chance before the plateau warning."""
+    collapse_fraction: float = 0.1
+    """Code perplexity below this fraction of G x V counts as codebook collapse."""
+    trivial_accuracy: float = 0.99
+    """Accuracy at or above this ..."""
+    trivial_loss: float = 0.05
+    """... with the contrastive loss (nats per masked frame) at or below this: trivial solution."""
+    grad_spike_factor: float = 10.0
+    """A gradient norm above this many times the median of recent updates is a spike."""
+    grad_window: int = 100
+    """Recent updates whose gradient norms make that median (the first 20 only gather)."""
 
 
 @dataclass(kw_only=True)
@@ -27,8 +63,36 @@ class ProbeSettings(ProbeConfig):
     at_start: bool = True
     """Also a round at update 0 (the initialisation)."""
     manifest_dir: Any = None
-    """The probe set's manifest folder (valid.tsv first, then a slice of train.tsv); None: the
-    run's first."""
+    """The probe set's manifest folder (valid.tsv first, then a slice of train.tsv), or a list
+    of folders (the first is probed); None: none given."""
+
+    @property
+    def manifest_folder(self) -> str | None:
+        """The one manifest folder the probe set is drawn from."""
+        if isinstance(self.manifest_dir, list | tuple):
+            return str(self.manifest_dir[0]) if self.manifest_dir else None
+        return None if self.manifest_dir is None else str(self.manifest_dir)
+
+    def validate(self, where: str = "probe") -> ProbeSettings:
+        if self.every_n_updates < 0:
+            raise ConfigError(
+                f"{where}.every_n_updates={self.every_n_updates}: expected an integer >= 0 "
+                "(0: off)"
+            )
+        super().validate(where)
+        return self
+
+
+@dataclass(kw_only=True)
+class PathsConfig:
+    """Where a run reads and writes (config node ``paths``; configs/paths/default.yaml)."""
+
+    root_dir: str = MISSING
+    """The source checkout (``$W2V2_ROOT`` if set): where the demo corpus is."""
+    output_dir: str = MISSING
+    """The run folder (Hydra's ``hydra.run.dir``)."""
+    checkpoint_dir: str = MISSING
+    """Checkpoints: ``<output_dir>/checkpoints``."""
 
 
 @dataclass(kw_only=True)
@@ -39,6 +103,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     optim: Any = None
     """``optimizer`` and ``scheduler``: partial callables (Hydra ``_partial_``)."""
     trainer: Any = None
@@ -47,8 +112,6 @@ class RunConfig:
     """Lightning callbacks by name (``callbacks.periodic.every_n_train_steps=...``)."""
     logger: Any = None
     """The Lightning logger (TensorBoard), or null."""
-    paths: Any = None
-    """``root_dir``, ``output_dir`` (the run folder) and ``checkpoint_dir``."""
 
     seed: int = 1
     """Model initialisation, batch order, crops, masks, distractors and Gumbel noise."""
@@ -72,3 +135,43 @@ class RunConfig:
     """``torch.compile`` the context network."""
     max_bad_updates: int = 5
     """Updates in a row skipped for a non-finite loss or gradient before the run stops."""
+
+    def validate(self) -> RunConfig:
+        """Raise a one-line `ConfigError` naming the first bad root field (the model and data
+        nodes validate themselves when the run is built); return self."""
+        for name in ("seed", "val_noise_seed", "fixed_noise_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**32:
+                raise ConfigError(f"{name}: must be in [0, 2**32), got {value}")
+        if self.max_bad_updates < 1:
+            raise ConfigError(
+                f"max_bad_updates: must be at least 1, got {self.max_bad_updates} (updates in "
+                "a row skipped for non-finite values before the run stops; a large number in "
+                "practice never stops it)"
+            )
+        if not self.init_from and hydra_choice("experiment") == "continue_pretraining":
+            raise ConfigError(
+                "init_from is required by experiment=continue_pretraining: a transformers "
+                "Wav2Vec2ForPreTraining folder, a fairseq checkpoint or one of ours"
+            )
+        self.probe.validate()
+        return self
+
+
+def run_config(cfg: DictConfig) -> RunConfig:
+    """The composed config as a validated `RunConfig` (interpolations resolved), once the
+    settings that must be given are there."""
+    if OmegaConf.is_missing(cfg.data, "manifest_dir"):
+        raise ConfigError(
+            "data.manifest_dir is required: a folder with train.tsv and valid.tsv "
+            "(make them with `w2v2-manifest AUDIO_ROOT --dest DIR`)"
+        )
+    run = OmegaConf.to_object(cfg)
+    if not isinstance(run, RunConfig):
+        raise TypeError("the config was not composed onto run_schema (configs/train.yaml)")
+    return run.validate()
+
+
+def hydra_choice(group: str) -> str | None:
+    """The option of ``group`` this run chose (None outside Hydra's runtime)."""
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None

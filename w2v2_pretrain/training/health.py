@@ -19,27 +19,9 @@ from dataclasses import dataclass, field
 import pytorch_lightning as pl
 from typing_extensions import override
 
+from w2v2_pretrain.training.config import HealthConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class HealthConfig:
-    """Thresholds of the warnings (config node ``health``)."""
-
-    plateau_margin: float = 0.05
-    """Nats: a validation contrastive loss within this of chance ln(K+1) counts as 'at chance'."""
-    plateau_updates: int = 5000
-    """Updates after warm-up that validation may stay at chance before the plateau warning."""
-    collapse_fraction: float = 0.1
-    """Code perplexity below this fraction of G x V counts as codebook collapse."""
-    trivial_accuracy: float = 0.99
-    """Accuracy at or above this ..."""
-    trivial_loss: float = 0.05
-    """... with the contrastive loss (nats per masked frame) at or below this: trivial solution."""
-    grad_spike_factor: float = 10.0
-    """A gradient norm above this many times the median of recent updates is a spike."""
-    grad_window: int = 100
-    """Recent updates whose gradient norms make that median (the first 20 only gather)."""
 
 
 @dataclass(frozen=True)

@@ -9,48 +9,32 @@ there for the round (its cost: `ProbeReport.seconds`, logged as ``probe/seconds`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from typing_extensions import override
 
 from w2v2_pretrain.errors import ConfigError
+from w2v2_pretrain.figures import layer_figure
 from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio
-from w2v2_pretrain.probes.run import PROBES, ProbeConfig, ProbeReport, run_probes
+from w2v2_pretrain.probes.run import PROBES, ProbeReport, run_probes
+from w2v2_pretrain.training.config import ProbeSettings
 
 log = logging.getLogger(__name__)
-
-CADENCE = {"every_n_updates", "at_start", "manifest_dir"}
 
 
 class ProbeCallback(pl.Callback):
     """Probe rounds at update 0 (``at_start``) and every ``every_n_updates`` (0: never).
 
     Args:
-        settings: the ``probe`` config node: ``every_n_updates``, ``at_start``,
-            ``manifest_dir`` (the probe set's manifests; default: the run's first) and the
-            fields of `ProbeConfig`.
+        settings: the ``probe`` node as composed and validated (`ProbeSettings`): the cadence,
+            the probe set's manifest folder and what the rounds probe.
     """
 
-    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, settings: ProbeSettings) -> None:
         super().__init__()
-        if dataclasses.is_dataclass(settings):  # the typed node, as composed
-            settings = dataclasses.asdict(settings)
-        settings = dict(settings or {})
-        every = settings.pop("every_n_updates", 0)
-        self.at_start = bool(settings.pop("at_start", True))
-        manifest_dir = settings.pop("manifest_dir", None)
-        if not isinstance(every, int) or every < 0:
-            raise ConfigError(f"probe.every_n_updates={every}: expected an integer >= 0 (0: off)")
-        self.every_n_updates = every
-        if manifest_dir is not None and not isinstance(manifest_dir, str | Path):
-            manifest_dir = list(manifest_dir)[0]  # several corpora: probe on the first
-        self.manifest_dir = manifest_dir
-        self.config = ProbeConfig.from_mapping(settings)
+        self.settings = settings
         self.reports: list[tuple[int, ProbeReport]] = []
         """(update, report) of every round this process ran, oldest first."""
         self._probe_set = None
@@ -59,7 +43,7 @@ class ProbeCallback(pl.Callback):
 
     @property
     def enabled(self) -> bool:
-        return self.every_n_updates > 0
+        return self.settings.every_n_updates > 0
 
     @property
     def latest(self) -> tuple[int, ProbeReport] | None:
@@ -71,21 +55,22 @@ class ProbeCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.enabled or not trainer.is_global_zero or self._probe_set is not None:
             return
-        if self.manifest_dir is None:
+        folder, cfg = self.settings.manifest_folder, self.settings
+        if folder is None:
             raise ConfigError("probe.manifest_dir: not set (a folder with valid.tsv/train.tsv)")
         self._probe_set = build_probe_set(
-            self.manifest_dir,
-            max_seconds=self.config.max_seconds,
-            held_out_fraction=self.config.held_out_fraction,
-            seed=self.config.seed,
+            folder,
+            max_seconds=cfg.max_seconds,
+            held_out_fraction=cfg.held_out_fraction,
+            seed=cfg.seed,
         )
-        self.config.check_layers(pl_module.model.cfg.context_network.num_layers)
-        log.info("%s; probing every %d updates", self._probe_set.describe(), self.every_n_updates)
+        cfg.check_layers(pl_module.model.cfg.context_network.num_layers)
+        log.info("%s; probing every %d updates", self._probe_set.describe(), cfg.every_n_updates)
         for probe, why in self._probe_set.skipped.items():
             log.info("probe %s skipped: %s", probe, why)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled and self.at_start and trainer.global_step == 0:
+        if self.enabled and self.settings.at_start and trainer.global_step == 0:
             self._round(trainer, pl_module)
 
     @override
@@ -93,7 +78,8 @@ class ProbeCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         step = trainer.global_step
-        if not self.enabled or step == 0 or step % self.every_n_updates or step == self._last_step:
+        every = self.settings.every_n_updates
+        if not self.enabled or step == 0 or step % every or step == self._last_step:
             return  # called per micro-batch: a round once, after the update's optimizer step
         self._round(trainer, pl_module)
 
@@ -116,7 +102,7 @@ class ProbeCallback(pl.Callback):
             self._probe_set, self._audio = load_probe_audio(
                 self._probe_set, contract.sample_rate, contract.normalize
             )
-        return run_probes(model, self._probe_set, self._audio, self.config, name)
+        return run_probes(model, self._probe_set, self._audio, self.settings, name)
 
     def _log(self, trainer: pl.Trainer, step: int, report: ProbeReport) -> None:
         log.info(
@@ -135,8 +121,6 @@ class ProbeCallback(pl.Callback):
         trainer.logger.log_metrics(metrics, step=step)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
-            from w2v2_pretrain.probes.report import layer_figure
-
             experiment.add_figure("probe/layers", layer_figure(report, step), global_step=step)
 
 

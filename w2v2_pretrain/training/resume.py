@@ -1,9 +1,11 @@
-"""Continuing a run: which checkpoint, whether it fits the run's model, and what a resume
-with changed settings changes.
+"""Continuing a run: which checkpoint, whether it fits the run's model, what a resume with
+changed settings changes, the record of each start, and where to go back to after a run of
+non-finite updates.
 
-The rest of exact resumption lives where its state does: the module's RNG capture and loop
-progress fix (training/module.py), the sampler's mid-epoch position (data/sampler.py, fed by
-``AudioDataModule._loader``) and the atomic checkpoint writes (training/callbacks.py).
+The rest of exact resumption lives where its state does: the random states, the loop-progress
+fixes and the interrupted epoch's position (training/run_state.py, applied by the module), the
+sampler's mid-epoch skip (data/sampler.py) and the atomic checkpoint writes
+(training/callbacks.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from w2v2_pretrain.atomic import unfinished
-from w2v2_pretrain.checkpoint import ARCHITECTURE, config_differences
-from w2v2_pretrain.errors import ConfigError, DataError
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from w2v2_pretrain.atomic import atomic_open, unfinished
+from w2v2_pretrain.errors import ConfigError, DataError, NonFiniteStop
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.model_files import check_weights_fit, load_file, read_ours
-from w2v2_pretrain.models import Wav2Vec2Config
+from w2v2_pretrain.models.config import ARCHITECTURE, Wav2Vec2Config, flatten
 from w2v2_pretrain.training.config import RunConfig
 
 log = run_logger(__name__)  # every rank resumes: said once
@@ -40,7 +44,7 @@ def find_resume_checkpoint(run: RunConfig) -> str | None:
         return str(path)
     if not run.resume:
         return None
-    folder, checkpoints = Path(run.paths["output_dir"]), Path(run.paths["checkpoint_dir"])
+    folder, checkpoints = Path(run.paths.output_dir), Path(run.paths.checkpoint_dir)
     for stale in unfinished(checkpoints, "*.ckpt"):
         stale.unlink(missing_ok=True)  # a save that a killed process never finished
     newest = _newest([checkpoints / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")])
@@ -76,6 +80,12 @@ def check_resume_checkpoint(
     for line in changed:  # training settings only (dropout, masking, loss weights, ...)
         log.info("%s %s: takes effect (a training setting; the weights are the same)", SAID, line)
     return say_changes(obj, path, run)
+
+
+def config_differences(a: Wav2Vec2Config, b: Wav2Vec2Config) -> list[str]:
+    """``model.field: a -> b`` for every model field that differs."""
+    fa, fb = a.flat(), b.flat()
+    return [f"model.{k}: {fa[k]} -> {fb[k]}" for k in fa if fa[k] != fb[k]]
 
 
 def say_changes(checkpoint: dict[str, Any], path: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +146,7 @@ def run_config_differences(
     (paths under the run folder count as equal when only the folder moved)."""
     old_dir = str((before.get("paths") or {}).get("output_dir", ""))
     new_dir = str((now.get("paths") or {}).get("output_dir", ""))
-    a, b = _flat(before), _flat(now)
+    a, b = flatten(before), flatten(now)
     out = []
     for key in sorted(a.keys() | b.keys()):
         if key.split(".")[0] in _NOT_COMPARED:
@@ -181,8 +191,59 @@ def resume_effect(key: str, step: int, path: str) -> tuple[bool, str]:
     return False, "takes effect"
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
+def record_start(cfg: DictConfig, folder: Path, resumed_from: str | None) -> Path:
+    """Keep this start's composed config as ``configs/start-NNN.yaml`` in the run folder (Hydra
+    rewrites ``.hydra/config.yaml`` at every start, so it holds only the latest)."""
+    starts = folder / "configs"
+    n = 1 + max((int(p.stem.split("-")[1]) for p in starts.glob("start-*.yaml")), default=0)
+    path = starts / f"start-{n:03d}.yaml"
+    head = f"# start {n}: " + (f"resumed from {resumed_from}" if resumed_from else "a new run")
+    with atomic_open(path, "w") as f:
+        f.write(head + "\n" + OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def nonfinite_advice(stop: NonFiniteStop, run: RunConfig) -> str:
+    """What to do after ``max_bad_updates`` non-finite updates: which checkpoint to go back to
+    (the newest saved before the first skipped update: the weights after it are the ones that
+    gave the non-finite values, and last.ckpt holds them), which settings to change, and which
+    of them a resume can change."""
+    folder = Path(run.paths.checkpoint_dir)
+    good = newest_checkpoint_before(folder, stop.first)
+    lr = run.optim["optimizer"].get("lr")
+    fresh = f"optim.optimizer.lr below {lr:g}" if isinstance(lr, float | int) else "a lower lr"
+    if good is None:
+        back = (
+            f"no checkpoint precedes update {stop.first}: start a new run (a new "
+            f"hydra.run.dir) with {fresh}"
+        )
+    else:
+        path, step = good
+        back = (
+            f"go back to {path} (update {step}, saved before the first skipped update; "
+            f"last.ckpt holds the weights that gave them): a resume keeps the learning rate "
+            f"(restored with the optimizer and its schedule), so lower it in a new run from "
+            f"those weights, init_from={path} {fresh} hydra.run.dir=NEW (fresh optimizer, "
+            f"schedule and step); trainer.gradient_clip_val does apply on resume "
+            f"(ckpt_path={path} trainer.gradient_clip_val=1.0)"
+        )
+    return (
+        f"{stop}; {back}. Also: bf16-mixed instead of 16-mixed, data.verify=decode (broken audio)"
+    )
+
+
+def newest_checkpoint_before(folder: Path, step: int) -> tuple[Path, int] | None:
+    """The checkpoint in ``folder`` with the highest global step below ``step``, and that step
+    (read without loading the weights: memory-mapped)."""
+    found = []
+    for path in folder.glob("*.ckpt"):
+        try:
+            saved = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not a candidate
+            continue
+        if isinstance(saved, dict) and saved.get("global_step", step) < step:
+            found.append((saved["global_step"], path.name, path))
+    if not found:
+        return None
+    best = max(found)
+    return best[2], best[0]

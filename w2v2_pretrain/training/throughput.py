@@ -41,7 +41,7 @@ def cores_per_process(processes_per_node: int) -> int:
 
 
 @dataclass
-class UpdateSums:
+class DataCounts:
     """What one update's micro-batches add up to on this rank (host numbers)."""
 
     data_wait: float = 0.0
@@ -66,7 +66,7 @@ class DataStats:
     kept_samples: int = 0
     padding_samples: int = 0
 
-    def record(self, sums: UpdateSums, update_seconds: float) -> dict[str, float]:
+    def record(self, sums: DataCounts, update_seconds: float) -> dict[str, float]:
         """Add one update; its ``train/`` metrics (fractions in [0, 1])."""
         wait = min(1.0, sums.data_wait / update_seconds) if update_seconds > 0 else 0.0
         self.wait_fractions.append(wait)

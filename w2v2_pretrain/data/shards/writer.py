@@ -1,5 +1,5 @@
 """Writing a manifest folder's splits as lhotse Shar shards (``w2v2-shard``); reading is in
-shards.py.
+reader.py.
 
 Per split: the usable entries (`check_manifest`, as training checks them) are dealt to shards
 at random (seeded), each shard's utterances sorted by length (so that a length-bucketed batch
@@ -19,7 +19,6 @@ import io
 import json
 import tarfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +27,11 @@ import soundfile as sf
 
 from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.data.audio import read_audio, sample_problem
+from w2v2_pretrain.data.config import VerifyLevel
 from w2v2_pretrain.data.index import Manifest, read_manifest
+from w2v2_pretrain.data.parallel import in_threads
 from w2v2_pretrain.data.shards import FORMAT, INDEX, VERSION
-from w2v2_pretrain.data.verify import VerifyLevel, check_manifest
+from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.errors import DataError
 
 SPLITS = ("train", "valid")
@@ -38,14 +39,14 @@ SPLITS = ("train", "valid")
 
 @dataclass
 class SplitReport:
-    """What became of one split: utterances and seconds written, shards, and what was left
-    out (``where: reason`` per skipped file; counts by reason, also of filtered clips)."""
+    """What became of one split: utterances and seconds written, shards, and what was skipped
+    (counted by reason, the bad files among it also named ``where: reason``)."""
 
     utterances: int = 0
     seconds: float = 0.0
     shards: int = 0
-    skipped: list[str] = field(default_factory=list)
-    dropped: Counter = field(default_factory=Counter)
+    bad_files: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
 
 
 def _ids(manifest: Manifest) -> list[str]:
@@ -141,9 +142,21 @@ def _write_shard(
     return written, lengths, skipped
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How `write_shards` writes: the rate, what counts as too short, threads, progress bars."""
+
+    sample_rate: int
+    min_sample_size: int
+    receptive_field: int
+    workers: int
+    progress: bool
+
+
 def write_shards(
     manifest_dir: str | Path,
     dest: str | Path,
+    *,
     shard_size: int = 1000,
     seed: int = 1,
     sample_rate: int = 16_000,
@@ -159,69 +172,83 @@ def write_shards(
     source, dest = Path(manifest_dir), Path(dest)
     if (dest / INDEX).exists():
         raise DataError(f"{dest / INDEX}: shards are already there; choose another --dest")
-    reports, index = {}, {"format": FORMAT, "version": VERSION, "sample_rate": sample_rate}
-    index["splits"] = {}
+    opts = _Options(sample_rate, min_sample_size, receptive_field, workers, progress)
+    index = {"format": FORMAT, "version": VERSION, "sample_rate": sample_rate, "splits": {}}
+    reports = {}
     for split in SPLITS:
         path = source / f"{split}.tsv"
         if not path.is_file():
             raise DataError(f"{path}: no such manifest (w2v2-manifest writes train and valid)")
-        manifest = read_manifest(path)
         report = reports[split] = SplitReport()
-        if len(manifest):
-            manifest, dropped, skipped = check_manifest(
-                manifest,
-                min_sample_size,
-                receptive_field,
-                verify=VerifyLevel.header,
-                on_bad_file="skip",
-                sample_rate=sample_rate,
-                workers=workers,
-                progress=progress,
-            )
-            report.dropped.update(dropped)
-            report.skipped += skipped
-        folder = dest / split
-        folder.mkdir(parents=True, exist_ok=True)
-        lengths = manifest.samples_at(sample_rate)
-        order = np.random.default_rng((seed, SPLITS.index(split))).permutation(len(manifest))
-        parts = [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
-        parts = [p[np.argsort(lengths[p], kind="stable")] for p in parts]
-        ids = _ids(manifest)
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            jobs = [
-                pool.submit(_write_shard, manifest, p, ids, folder, k, sample_rate)
-                for k, p in enumerate(parts)
-            ]
-            done = _progress(jobs, f"{split} shards", progress)
-        shards = []
-        for k, (written, lens, skipped) in enumerate(done):
-            for kind, entry in skipped:
-                report.skipped.append(entry)
-                report.dropped[kind] += 1
-            report.utterances += len(written)
-            report.seconds += sum(lens) / sample_rate
-            shards.append(
-                {
-                    "recording": f"{split}/recording.{k:06d}.tar",
-                    "cuts": f"{split}/cuts.{k:06d}.jsonl.gz",
-                    "ids": written,
-                    "num_samples": lens,
-                }
-            )
-        report.shards = len(shards)
+        manifest = _usable(read_manifest(path), report, opts)
+        parts = _deal(manifest, shard_size, (seed, SPLITS.index(split)), sample_rate)
+        shards = _write_split(manifest, parts, dest / split, opts, report)
+        # index.json's own keys (version 1): "skipped" names the bad files, "dropped" counts
         index["splits"][split] = {
             "shards": shards,
-            "skipped": report.skipped,
-            "dropped": dict(report.dropped),
+            "skipped": report.bad_files,
+            "dropped": dict(report.skipped),
         }
     with atomic_open(dest / INDEX, "w") as f:
         json.dump(index, f)
     return reports
 
 
-def _progress(jobs: list, title: str, show: bool) -> list:
-    if not show or not jobs:
-        return [j.result() for j in jobs]
-    from tqdm import tqdm
+def _usable(manifest: Manifest, report: SplitReport, opts: _Options) -> Manifest:
+    """The entries training would use (every header read; bad files skipped, into ``report``)."""
+    if not len(manifest):
+        return manifest
+    manifest, skipped, bad_files = check_manifest(
+        manifest,
+        opts.min_sample_size,
+        opts.receptive_field,
+        verify=VerifyLevel.header,
+        on_bad_file="skip",
+        sample_rate=opts.sample_rate,
+        workers=opts.workers,
+        progress=opts.progress,
+    )
+    report.skipped.update(skipped)
+    report.bad_files += bad_files
+    return manifest
 
-    return [j.result() for j in tqdm(jobs, desc=title, unit="shard")]
+
+def _deal(
+    manifest: Manifest, shard_size: int, seed: tuple[int, int], sample_rate: int
+) -> list[np.ndarray]:
+    """The entries dealt to shards at random, each shard's sorted by length."""
+    lengths = manifest.samples_at(sample_rate)
+    order = np.random.default_rng(seed).permutation(len(manifest))
+    parts = [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
+    return [p[np.argsort(lengths[p], kind="stable")] for p in parts]
+
+
+def _write_split(
+    manifest: Manifest, parts: list[np.ndarray], folder: Path, opts: _Options, report: SplitReport
+) -> list[dict]:
+    """Every shard of one split into ``folder``, in parallel threads; their index entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    split, rate, ids = folder.name, opts.sample_rate, _ids(manifest)
+
+    def write(job: tuple[int, np.ndarray]) -> tuple[list[str], list[int], list]:
+        return _write_shard(manifest, job[1], ids, folder, job[0], rate)
+
+    title = f"{split} shards" if opts.progress else None
+    done = in_threads(write, list(enumerate(parts)), opts.workers, title, unit="shard")
+    shards = []
+    for k, (written, lengths, bad) in enumerate(done):
+        for kind, entry in bad:
+            report.bad_files.append(entry)
+            report.skipped[kind] += 1
+        report.utterances += len(written)
+        report.seconds += sum(lengths) / rate
+        shards.append(
+            {
+                "recording": f"{split}/recording.{k:06d}.tar",
+                "cuts": f"{split}/cuts.{k:06d}.jsonl.gz",
+                "ids": written,
+                "num_samples": lengths,
+            }
+        )
+    report.shards = len(shards)
+    return shards

@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchaudio.functional import edit_distance
 
 from w2v2_pretrain.models import Wav2Vec2Model, preset
-from w2v2_pretrain.probes import metrics as M
+from w2v2_pretrain.probes import characters, label_free
 from w2v2_pretrain.probes.config import ProbeConfig
+from w2v2_pretrain.probes.linear import LinearBudget
 from w2v2_pretrain.probes.probe_set import build_probe_set, load_probe_audio, normalize_transcript
 from w2v2_pretrain.probes.run import run_probes
+from w2v2_pretrain.probes.speakers import speaker_probe
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MANIFESTS = REPO / "data" / "manifests"
@@ -47,28 +50,28 @@ def _char_frames(text: str, chars: str, noise: float, g: torch.Generator) -> tor
 
 
 def test_edit_distance_and_cer():
-    assert M.edit_distance("kitten", "sitting") == 3
-    assert M.edit_distance("", "abc") == 3 and M.edit_distance("abc", "") == 3
-    assert M.character_error_rate(["THE CAT"], ["THE CAT"]) == 0.0
-    assert M.character_error_rate(["", "AB"], ["AB", "AB"]) == 0.5
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance("", "abc") == 3 and edit_distance("abc", "") == 3
+    assert characters.character_error_rate(["THE CAT"], ["THE CAT"]) == 0.0
+    assert characters.character_error_rate(["", "AB"], ["AB", "AB"]) == 0.5
     with pytest.raises(ValueError):
-        M.character_error_rate([""], [""])
+        characters.character_error_rate([""], [""])
 
 
 def test_ctc_probe_reads_perfect_features_and_not_noise():
     fit_texts, test_texts = _sentences(24, 0), _sentences(10, 1)
-    budget = M.LinearBudget(steps=40)  # the probe config's
+    budget = LinearBudget(steps=40)  # the probe config's
     chars = "".join(sorted({c for t in fit_texts + test_texts for c in t}))
     g = torch.Generator().manual_seed(0)
     fit = [_char_frames(t, chars, 0.05, g) for t in fit_texts]
     test = [_char_frames(t, chars, 0.05, g) for t in test_texts]
-    good = M.ctc_probe(fit, fit_texts, test, test_texts, budget)
+    good = characters.ctc_probe(fit, fit_texts, test, test_texts, budget)
     assert good.cer < 0.02, good.hypotheses[:2]
     noise_fit = [torch.randn(f.shape, generator=g) for f in fit]
     noise_test = [torch.randn(f.shape, generator=g) for f in test]
-    bad = M.ctc_probe(noise_fit, fit_texts, noise_test, test_texts, budget)
+    bad = characters.ctc_probe(noise_fit, fit_texts, noise_test, test_texts, budget)
     assert bad.cer > 0.6
-    again = M.ctc_probe(fit, fit_texts, test, test_texts, budget)
+    again = characters.ctc_probe(fit, fit_texts, test, test_texts, budget)
     assert again == good  # deterministic
 
 
@@ -83,26 +86,26 @@ def test_speaker_probe_perfect_features_reach_1_and_noise_chance():
     fit = [i for i in range(len(speakers)) if i % per >= 3]
     test = [i for i in range(len(speakers)) if i % per < 3]
     spk = [speakers[i] for i in fit], [speakers[i] for i in test]
-    good = M.speaker_probe(x[fit], spk[0], x[test], spk[1])
+    good = speaker_probe(x[fit], spk[0], x[test], spk[1])
     assert good.accuracy == 1.0 and good.chance == pytest.approx(1 / S)
     noise = torch.randn(x.shape, generator=g)
-    bad = M.speaker_probe(noise[fit], spk[0], noise[test], spk[1])
+    bad = speaker_probe(noise[fit], spk[0], noise[test], spk[1])
     assert bad.accuracy <= 0.35  # chance 0.125 on 24 held-out utterances
 
 
 def test_rankme_and_cluster_quality_known_answers():
     g = torch.Generator().manual_seed(0)
     iso = torch.randn(5000, 16, generator=g)
-    assert M.rankme(iso) > 15.0
+    assert label_free.rankme(iso) > 15.0
     line = torch.randn(5000, 1, generator=g) * torch.randn(1, 16, generator=g)
-    assert M.rankme(line) < 1.1
+    assert label_free.rankme(line) < 1.1
     centres = torch.randn(8, 16, generator=g) * 10
     blobs = centres.repeat_interleave(200, 0) + 0.2 * torch.randn(1600, 16, generator=g)
-    tight = M.cluster_quality(blobs, 8, 1000, torch.Generator().manual_seed(0))
-    loose = M.cluster_quality(iso, 8, 1000, torch.Generator().manual_seed(0))
+    tight = label_free.cluster_quality(blobs, 8, 1000, torch.Generator().manual_seed(0))
+    loose = label_free.cluster_quality(iso, 8, 1000, torch.Generator().manual_seed(0))
     assert tight.silhouette > 0.8 and loose.silhouette < 0.3
     assert tight.perplexity == pytest.approx(8, rel=0.1)
-    assert tight == M.cluster_quality(blobs, 8, 1000, torch.Generator().manual_seed(0))
+    assert tight == label_free.cluster_quality(blobs, 8, 1000, torch.Generator().manual_seed(0))
 
 
 def test_layer_features_equal_extract_at_every_layer():

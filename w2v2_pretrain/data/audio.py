@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ import soundfile as sf
 import torch
 
 from w2v2_pretrain.errors import DataError
+
+RESAMPLER = {"lowpass_filter_width": 6, "rolloff": 0.99, "resampling_method": "sinc_interp_hann"}
+"""The resampler's settings (torchaudio's defaults, given explicitly): `_window` sizes a crop's
+margin from the same two numbers, so a windowed read always equals the cropped full decode."""
 
 
 @dataclass(frozen=True)
@@ -188,12 +193,18 @@ def read_audio(
         wav = wav.mean(axis=1, keepdims=True)
     wav = wav[:, 0]
     if info.sample_rate != sample_rate:
-        import torchaudio.functional as AF
-
-        wav = AF.resample(
-            torch.from_numpy(np.ascontiguousarray(wav)), info.sample_rate, sample_rate
-        ).numpy()
+        resample = _resampler(info.sample_rate, sample_rate)
+        wav = resample(torch.from_numpy(np.ascontiguousarray(wav))).numpy()
     return np.ascontiguousarray(wav[keep], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig: int, new: int) -> torch.nn.Module:
+    """torchaudio's resampler from ``orig`` to ``new`` Hz, its kernel computed once per rate
+    pair (per process) rather than once per file; float32, as the decoded audio."""
+    from torchaudio.transforms import Resample
+
+    return Resample(orig, new, dtype=torch.float32, **RESAMPLER)
 
 
 def resampled_length(frames: int, rate: int, target: int) -> int:
@@ -223,8 +234,9 @@ def _window(
         return start, start + crop, slice(None)
     g = math.gcd(info.sample_rate, target)
     orig, new = info.sample_rate // g, target // g
-    # torchaudio's kernel half-width (lowpass_filter_width=6, rolloff=0.99), with room
-    width = math.ceil(6 * orig / (min(orig, new) * 0.99)) + 1
+    # the resampler's kernel half-width in input samples (torchaudio's formula), with room
+    taps, rolloff = RESAMPLER["lowpass_filter_width"], RESAMPLER["rolloff"]
+    width = math.ceil(taps * orig / (min(orig, new) * rolloff)) + 1
     margin = -(-width // orig) + 1  # in blocks
     first = max(start // new - margin, 0)
     last = min((start + crop - 1) // new + 1 + margin, -(-info.frames // orig))

@@ -1,4 +1,5 @@
-"""Typed configuration of wav2vec 2.0 (the presets built from it are in presets.py).
+"""Typed configuration of wav2vec 2.0 (the presets built from it are in presets.py, the
+plain-data plumbing in fields.py).
 
 Every field names its fairseq option (``Wav2Vec2Config`` in ``fairseq/models/wav2vec``) and its
 BASE / LARGE value. `Wav2Vec2Config.validate` reports the first bad field by its dotted name.
@@ -11,17 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from w2v2_pretrain.choice import Choice
-from w2v2_pretrain.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule of `Wav2Vec2Config.validate`: whether it holds, the field it is about
-    (relative to its part; empty for the part as a whole) and what the field must be."""
-
-    ok: bool
-    name: str
-    why: str
+from w2v2_pretrain.models.fields import (
+    Check,
+    build,
+    flatten,
+    raise_first_failure,
+    to_plain,
+    unflatten,
+)
 
 
 def conv_stack(channels: int) -> list[list[int]]:
@@ -325,10 +323,7 @@ class Wav2Vec2Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (choices as their names): what checkpoints store."""
-        return dataclasses.asdict(
-            self,
-            dict_factory=lambda kv: {k: str(v) if isinstance(v, Choice) else v for k, v in kv},
-        )
+        return to_plain(self)
 
     def flat(self) -> dict[str, Any]:
         """Every field as ``{"context_network.dropout": 0.1, ...}`` (choices as names)."""
@@ -337,19 +332,12 @@ class Wav2Vec2Config:
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> Wav2Vec2Config:
         """The inverse of `flat` (validated names, as `from_dict`)."""
-        nested: dict[str, Any] = {}
-        for key, value in flat.items():
-            *parents, leaf = key.split(".")
-            node = nested
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return cls.from_dict(nested)
+        return cls.from_dict(unflatten(flat))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
         """Build from nested plain data (a checkpoint, a Hydra node); unknown keys are errors."""
-        return _build(cls, dict(data), "model")
+        return build(cls, dict(data), "model", _PARTS, _COERCE)
 
     def checks(self) -> list[Check]:
         """The rules on the fields of the whole model (each part has its own)."""
@@ -363,72 +351,19 @@ class Wav2Vec2Config:
 
     def validate(self) -> Wav2Vec2Config:
         """Check ranges and consistency; raise `ConfigError` naming the field. Returns self."""
-        parts = [(f"{name}.", getattr(self, name)) for name in _SUBCONFIGS] + [("", self)]
-        for prefix, part in parts:
-            for check in part.checks():
-                if not check.ok:
-                    name = f"{prefix}{check.name}" if check.name else prefix.rstrip(".")
-                    raise ConfigError(f"model.{name}: {check.why}")
+        parts = [(f"{name}.", getattr(self, name)) for name in _PARTS] + [("", self)]
+        raise_first_failure(parts, "model")
         return self
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested plain data as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Nested dataclass from plain data, with errors that name the dotted field."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _SUBCONFIGS.get(name) if cls is Wav2Vec2Config else None
-        if sub is not None:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
-            value = _build(sub, dict(value), f"{where}.{name}")
-        elif name == "conv_layers":
-            value = [[int(v) for v in layer] for layer in value]
-        elif name == "temperature":
-            value = [float(v) for v in value]
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-_SUBCONFIGS = {
-    "input": InputConfig,
-    "feature_encoder": FeatureEncoderConfig,
-    "masking": MaskingConfig,
-    "context_network": ContextNetworkConfig,
-    "quantizer": QuantizerConfig,
-    "objective": ObjectiveConfig,
+_PARTS = {
+    f.name: f.default_factory
+    for f in dataclasses.fields(Wav2Vec2Config)
+    if f.default_factory is not dataclasses.MISSING
 }
-
-
-ARCHITECTURE = frozenset(
-    {
-        "feature_encoder.conv_layers",
-        "feature_encoder.mode",
-        "feature_encoder.conv_bias",
-        "context_network.num_layers",
-        "context_network.embed_dim",
-        "context_network.ffn_dim",
-        "context_network.num_heads",
-        "context_network.layer_norm_first",
-        "context_network.conv_pos",
-        "context_network.conv_pos_groups",
-        "quantizer.num_groups",
-        "quantizer.num_vars",
-        "quantizer.codevector_dim",
-        "final_dim",
-        "layer_norm_eps",
-    }
-)
-"""The dotted fields that shape a model's weights or its network (`Wav2Vec2Config.flat` names):
-continued pretraining and resumes take them from the source, never from the run."""
+"""The parts of the model config by field name (each part's default factory is its class)."""
+_COERCE = {
+    "conv_layers": lambda layers: [[int(v) for v in layer] for layer in layers],
+    "temperature": lambda t: [float(v) for v in t],
+}
+"""Lists that YAML or JSON may hand over with other number types."""

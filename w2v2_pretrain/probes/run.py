@@ -11,16 +11,12 @@ import numpy as np
 import torch
 
 from w2v2_pretrain.models import Wav2Vec2Model
+from w2v2_pretrain.probes.characters import ctc_probe
 from w2v2_pretrain.probes.config import ProbeConfig
-from w2v2_pretrain.probes.metrics import (
-    LinearBudget,
-    cluster_quality,
-    ctc_probe,
-    rankme,
-    subsample,
-)
-from w2v2_pretrain.probes.metrics import speaker_probe as fit_speaker_probe
+from w2v2_pretrain.probes.label_free import cluster_quality, rankme, subsample
+from w2v2_pretrain.probes.linear import LinearBudget
 from w2v2_pretrain.probes.probe_set import ProbeSet
+from w2v2_pretrain.probes.speakers import speaker_probe as fit_speaker_probe
 
 PROBES = ("cer", "speaker_acc", "rankme", "silhouette", "cluster_ppl")
 """Every probe's record name: character error rate (lower is better), speaker accuracy,

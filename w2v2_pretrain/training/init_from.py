@@ -15,9 +15,31 @@ from hydra.core.hydra_config import HydraConfig
 from w2v2_pretrain.errors import ConfigError
 from w2v2_pretrain.model_files import ModelSource
 from w2v2_pretrain.model_sources import read_model_source
-from w2v2_pretrain.models.config import ARCHITECTURE, FeatureEncoderMode, Wav2Vec2Config
+from w2v2_pretrain.models.config import FeatureEncoderMode, Wav2Vec2Config
 from w2v2_pretrain.models.presets import base, large, preset
 from w2v2_pretrain.training.config import InitTemperature, RunConfig, hydra_choice
+
+ARCHITECTURE = frozenset(
+    {
+        "feature_encoder.conv_layers",
+        "feature_encoder.mode",
+        "feature_encoder.conv_bias",
+        "context_network.num_layers",
+        "context_network.embed_dim",
+        "context_network.ffn_dim",
+        "context_network.num_heads",
+        "context_network.layer_norm_first",
+        "context_network.conv_pos",
+        "context_network.conv_pos_groups",
+        "quantizer.num_groups",
+        "quantizer.num_vars",
+        "quantizer.codevector_dim",
+        "final_dim",
+        "layer_norm_eps",
+    }
+)
+"""The dotted fields that shape a model's weights or its network (`Wav2Vec2Config.flat` names):
+continued pretraining and resumes take them from the source, never from the run."""
 
 
 def recipe_for(source: Wav2Vec2Config, run: Wav2Vec2Config) -> Wav2Vec2Config:

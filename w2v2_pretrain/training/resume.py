@@ -20,8 +20,10 @@ from w2v2_pretrain.atomic import atomic_open, unfinished
 from w2v2_pretrain.errors import ConfigError, DataError, NonFiniteStop
 from w2v2_pretrain.logs import run_logger
 from w2v2_pretrain.model_files import check_weights_fit, load_file, read_ours
-from w2v2_pretrain.models.config import ARCHITECTURE, Wav2Vec2Config, flatten
+from w2v2_pretrain.models.config import Wav2Vec2Config
+from w2v2_pretrain.models.fields import flatten
 from w2v2_pretrain.training.config import RunConfig
+from w2v2_pretrain.training.init_from import ARCHITECTURE
 
 log = run_logger(__name__)  # every rank resumes: said once
 

@@ -79,7 +79,9 @@ def test_same_weights_same_outputs(name):
     g = torch.Generator().manual_seed(1)
     from w2v2_pretrain.models.noise import Noise
 
-    mask = compute_span_mask(frames, T, 0.65, 10, 2, Noise(g))
+    mask = compute_span_mask(
+        frames, T, mask_prob=0.65, mask_length=10, min_masks=2, noise=Noise(g)
+    )
     M = int(mask.sum(1)[0])
     within = sample_distractors(3, M, cfg.objective.num_negatives, Noise(g))
 

@@ -135,7 +135,10 @@ def test_masked_fraction_matches_fairseq_expectation():
     """0.65 / 10 on long utterances masks about 49% of frames (spans overlap)."""
     lengths = torch.full((1,), 1000)
     fractions = [
-        compute_span_mask(lengths, 1000, 0.65, 10, 2, gen(s)).float().mean().item()
+        compute_span_mask(lengths, 1000, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen(s))
+        .float()
+        .mean()
+        .item()
         for s in range(300)
     ]
     mean = sum(fractions) / len(fractions)
@@ -149,7 +152,9 @@ def test_masked_fraction_matches_fairseq_expectation():
 def test_mask_respects_padding_and_equal_counts():
     lengths = torch.tensor([200, 150, 60, 120])
     for s in range(50):
-        mask = compute_span_mask(lengths, 200, 0.65, 10, 2, gen(s))
+        mask = compute_span_mask(
+            lengths, 200, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen(s)
+        )
         valid = torch.arange(200)[None] < lengths[:, None]
         assert not (mask & ~valid).any()
         counts = mask.sum(1)
@@ -157,27 +162,41 @@ def test_mask_respects_padding_and_equal_counts():
 
 
 def test_min_masks_and_short_rows():
-    mask = compute_span_mask(torch.tensor([12]), 12, 0.0, 10, 2, gen())
+    mask = compute_span_mask(
+        torch.tensor([12]), 12, mask_prob=0.0, mask_length=10, min_masks=2, noise=gen()
+    )
     assert 10 <= int(mask.sum()) <= 12
-    mask = compute_span_mask(torch.tensor([5]), 5, 0.65, 10, 2, gen())
+    mask = compute_span_mask(
+        torch.tensor([5]), 5, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen()
+    )
     assert int(mask.sum()) == 5  # spans clipped to the row
 
 
 def test_mask_is_deterministic_for_a_generator():
     lengths = torch.tensor([300, 250])
-    a = compute_span_mask(lengths, 300, 0.65, 10, 2, gen(7))
-    b = compute_span_mask(lengths, 300, 0.65, 10, 2, gen(7))
-    c = compute_span_mask(lengths, 300, 0.65, 10, 2, gen(8))
+    a = compute_span_mask(lengths, 300, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen(7))
+    b = compute_span_mask(lengths, 300, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen(7))
+    c = compute_span_mask(lengths, 300, mask_prob=0.65, mask_length=10, min_masks=2, noise=gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_per_utterance_noise_ignores_batch_position():
     lengths = torch.tensor([300, 300, 300])
     both = compute_span_mask(
-        lengths, 300, 0.65, 10, 0, PerUtteranceNoise([5, 9, 11], seed=1), require_same_masks=False
+        lengths,
+        300,
+        mask_prob=0.65,
+        mask_length=10,
+        noise=PerUtteranceNoise([5, 9, 11], seed=1),
+        require_same_masks=False,
     )
     swapped = compute_span_mask(
-        lengths, 300, 0.65, 10, 0, PerUtteranceNoise([11, 5, 9], seed=1), require_same_masks=False
+        lengths,
+        300,
+        mask_prob=0.65,
+        mask_length=10,
+        noise=PerUtteranceNoise([11, 5, 9], seed=1),
+        require_same_masks=False,
     )
     assert torch.equal(both, swapped[[1, 2, 0]])
 
@@ -302,7 +321,7 @@ def test_diversity_gradient_finite_at_zero_probabilities():
 
 def test_quantizer_gradient_finite_when_softmax_underflows():
     """Logits spread by far more than 100 make some probabilities exactly 0 in float32."""
-    q = GumbelQuantizer(8, 2, 16, 8).train()
+    q = GumbelQuantizer(input_dim=8, num_groups=2, num_vars=16, codevector_dim=8).train()
     with torch.no_grad():
         q.logits_proj.weight.mul_(1000.0)
     x = torch.randn(2, 6, 8)
@@ -316,7 +335,7 @@ def test_quantizer_gradient_finite_when_softmax_underflows():
 
 def test_straight_through_forward_one_hot_backward_soft():
     torch.manual_seed(0)
-    q = GumbelQuantizer(16, 2, 8, 12).train()
+    q = GumbelQuantizer(input_dim=16, num_groups=2, num_vars=8, codevector_dim=12).train()
     x = torch.randn(2, 5, 16)
     w = torch.randn(2, 5, 12)
     out = q(x, temperature=0.7, noise=gen(3))
@@ -341,7 +360,7 @@ def test_straight_through_forward_one_hot_backward_soft():
 
 
 def test_eval_quantizer_is_argmax():
-    q = GumbelQuantizer(16, 2, 8, 12).eval()
+    q = GumbelQuantizer(input_dim=16, num_groups=2, num_vars=8, codevector_dim=12).eval()
     x = torch.randn(3, 4, 16)
     out = q(x, temperature=2.0)
     assert torch.equal(out.codes, q.logits_proj(x).view(3, 4, 2, 8).argmax(-1))
@@ -349,7 +368,7 @@ def test_eval_quantizer_is_argmax():
 
 
 def test_quantizer_init():
-    q = GumbelQuantizer(512, 2, 320, 256)
+    q = GumbelQuantizer(input_dim=512, num_groups=2, num_vars=320, codevector_dim=256)
     assert abs(q.logits_proj.weight.std().item() - 1.0) < 0.01
     assert q.codebook.min() >= 0 and q.codebook.max() <= 1 and q.codebook.shape == (2, 320, 128)
 

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from w2v2_pretrain.errors import DataError
+
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -72,8 +74,6 @@ def writable_dir(path: str | Path, name: str) -> Path:
     before any work is done; else a `DataError` naming ``name`` (the option), the path and the
     cause: a file in the way, a folder under a file, no permission, a read-only file system.
     """
-    from w2v2_pretrain.errors import DataError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{name} {path}: is a file, not a folder")

@@ -67,7 +67,7 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def shown(path: str | os.PathLike) -> str:
+def printable(path: str | os.PathLike) -> str:
     """A path as one printable line: undecodable bytes as ``\\xNN``, tabs and breaks escaped."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -114,18 +114,20 @@ class _Walk:
 
     def _stat_failed(self, path: Path, err: OSError) -> None:
         if isinstance(err, FileNotFoundError):
-            self.on_skip(shown(path), "broken link", "symbolic link to a missing file")
+            self.on_skip(printable(path), "broken link", "symbolic link to a missing file")
         elif err.errno == errno.ELOOP:
-            self.on_skip(shown(path), "symlink loop", "symbolic link loop; not followed")
+            self.on_skip(printable(path), "symlink loop", "symbolic link loop; not followed")
         else:
-            self.on_skip(shown(path), "unreadable", f"cannot stat: {err.strerror}")
+            self.on_skip(printable(path), "unreadable", f"cannot stat: {err.strerror}")
 
     def _scan(self, d: Path) -> None:
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
-            self.on_skip(shown(d), "unreadable folder", f"cannot read directory: {err.strerror}")
+            self.on_skip(
+                printable(d), "unreadable folder", f"cannot read directory: {err.strerror}"
+            )
             return
         subdirs = []
         for e in entries:
@@ -137,7 +139,7 @@ class _Walk:
                     continue
                 bad_name = name_problem(e.name)
                 if bad_name:
-                    self.on_skip(shown(path), "bad name", bad_name)
+                    self.on_skip(printable(path), "bad name", bad_name)
                 elif is_dir and e.is_symlink():
                     self.dir_links.append(path)
                 elif is_dir:
@@ -165,22 +167,22 @@ class _Walk:
             self.stack.append(link)
         elif Path(os.path.realpath(link.parent)).is_relative_to(os.path.realpath(link)):
             self.on_skip(
-                shown(link),
+                printable(link),
                 "symlink loop",
-                f"symbolic link loop: points to {shown(os.path.realpath(link))}, a folder "
+                f"symbolic link loop: points to {printable(os.path.realpath(link))}, a folder "
                 "that holds the link; not followed",
             )
         else:
             self.on_skip(
-                shown(link),
+                printable(link),
                 "duplicate",
-                f"links to a folder already listed as {shown(seen)}; not followed",
+                f"links to a folder already listed as {printable(seen)}; not followed",
             )
 
     def _file(self, path: Path, st: os.stat_result) -> None:
         if not stat.S_ISREG(st.st_mode):
             kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
-            self.on_skip(shown(path), "not a regular file", f"not a regular file ({kind})")
+            self.on_skip(printable(path), "not a regular file", f"not a regular file ({kind})")
         else:
             self._first(self.files, st, path, "file")
 
@@ -189,7 +191,9 @@ class _Walk:
         key = (st.st_dev, st.st_ino)
         if key in seen:
             self.on_skip(
-                shown(path), "duplicate", f"the same {what} as {shown(seen[key])}; listed once"
+                printable(path),
+                "duplicate",
+                f"the same {what} as {printable(seen[key])}; listed once",
             )
             return False
         seen[key] = path
@@ -242,7 +246,7 @@ def _split(
     split = _Split()
     for path, res in zip(files, headers, strict=True):
         if isinstance(res, AudioProblem):
-            report.bad_file(shown(path), res.kind, res.detail)
+            report.bad_file(printable(path), res.kind, res.detail)
             continue
         seconds = res.frames / res.sample_rate
         reason = _length_filter(seconds, min_seconds, max_seconds)
@@ -294,7 +298,7 @@ def build_manifests(
         raise DataError(f"--valid-percent must be in [0, 1], got {valid_percent}")
     root = root.resolve()
     if any(c in _UNHOLDABLE for c in str(root)):
-        raise DataError(f"{shown(root)}: the root's path holds a tab or line break")
+        raise DataError(f"{printable(root)}: the root's path holds a tab or line break")
     dest = writable_dir(dest, "--dest")
     report = ManifestReport()
     files = find_audio(root, ext, report.bad_file)

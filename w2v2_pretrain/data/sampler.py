@@ -63,7 +63,7 @@ def draw_by_share(
     return drawn, copy.astype(np.int64)
 
 
-class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+class BucketBatchSampler(Sampler[list[tuple[int, int, int]]]):
     """Batches of similar length whose padded size stays under ``max_tokens`` samples.
 
     Per epoch: sort by size (ties broken by a seeded shuffle), cut greedily so that
@@ -283,7 +283,11 @@ def _split_to_multiple(
 
 
 class _EpochHook:
-    """What Lightning finds as ``batch_sampler.sampler``: forwards ``set_epoch`` to the owner."""
+    """What Lightning finds as ``batch_sampler.sampler``: forwards ``set_epoch`` to the owner.
+
+    Lightning sets each epoch on the objects at ``dataloader.sampler`` and
+    ``dataloader.batch_sampler.sampler`` that have ``set_epoch`` (``_set_sampler_epoch``,
+    lightning_fabric/utilities/data.py), not on the batch sampler itself."""
 
     def __init__(self, owner: BucketBatchSampler) -> None:
         self.owner = owner

@@ -59,6 +59,7 @@ def _top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 def compute_span_mask(
     lengths: torch.Tensor,
     num_frames: int,
+    *,
     mask_prob: float,
     mask_length: int,
     min_masks: int = 0,
@@ -129,7 +130,12 @@ def compute_channel_mask(
     """
     lengths = torch.full((batch,), channels, dtype=torch.long, device=device)
     return compute_span_mask(
-        lengths, channels, mask_prob, mask_length, 0, noise, require_same_masks=False
+        lengths,
+        channels,
+        mask_prob=mask_prob,
+        mask_length=mask_length,
+        noise=noise,
+        require_same_masks=False,
     )
 
 
@@ -154,7 +160,14 @@ def draw_mask_plan(
         noise: source of the draws (default: torch's global generator).
     """
     B = frame_lengths.shape[0]
-    mask = compute_span_mask(frame_lengths, num_frames, mask_prob, mask_length, min_masks, noise)
+    mask = compute_span_mask(
+        frame_lengths,
+        num_frames,
+        mask_prob=mask_prob,
+        mask_length=mask_length,
+        min_masks=min_masks,
+        noise=noise,
+    )
     M = int(mask.sum(1)[0])
     indices = mask.nonzero()[:, 1].view(B, M)
     parts = []

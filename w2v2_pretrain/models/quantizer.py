@@ -62,7 +62,7 @@ class GumbelQuantizer(nn.Module):
     """
 
     def __init__(
-        self, input_dim: int, num_groups: int, num_vars: int, codevector_dim: int
+        self, *, input_dim: int, num_groups: int, num_vars: int, codevector_dim: int
     ) -> None:
         super().__init__()
         self.num_groups = num_groups

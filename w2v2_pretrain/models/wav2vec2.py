@@ -167,7 +167,12 @@ class Wav2Vec2Model(nn.Module):
             checkpoint_activations=cn.checkpoint_activations,
             eps=cfg.layer_norm_eps,
         )
-        self.quantizer = GumbelQuantizer(C, q.num_groups, q.num_vars, q.codevector_dim)
+        self.quantizer = GumbelQuantizer(
+            input_dim=C,
+            num_groups=q.num_groups,
+            num_vars=q.num_vars,
+            codevector_dim=q.codevector_dim,
+        )
         self.project_q = nn.Linear(q.codevector_dim, cfg.final_dim)
         self.final_proj = nn.Linear(cn.embed_dim, cfg.final_dim)
 

@@ -80,7 +80,9 @@ def check_resume_checkpoint(
             "with the run's own model config"
         )
     for line in changed:  # training settings only (dropout, masking, loss weights, ...)
-        log.info("%s %s: takes effect (a training setting; the weights are the same)", SAID, line)
+        log.info(
+            "%s %s: takes effect (a training setting; the weights are the same)", CHANGED, line
+        )
     return say_changes(obj, path, run)
 
 
@@ -107,14 +109,14 @@ def say_changes(checkpoint: dict[str, Any], path: str, run: dict[str, Any]) -> d
     step = int(checkpoint.get("global_step", 0))
     for key, old, new in run_config_differences(before, run):
         warn, effect = resume_effect(key, step, path)
-        (log.warning if warn else log.info)("%s %s: %s -> %s: %s", SAID, key, old, new, effect)
+        (log.warning if warn else log.info)("%s %s: %s -> %s: %s", CHANGED, key, old, new, effect)
     kept = dict(run)
     if isinstance(before.get("optim"), dict) and isinstance(run.get("optim"), dict):
         kept["optim"] = {**run["optim"], "optimizer": before["optim"].get("optimizer")}
     return kept
 
 
-SAID = "changed since the checkpoint:"  # how each line begins
+CHANGED = "changed since the checkpoint:"  # how each line begins
 # not compared: how the run is continued, and where it writes (a checkpoint copied to another
 # run folder resumes there)
 _NOT_COMPARED = (

@@ -50,7 +50,12 @@ def _fit_loop(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def forget_finished_epochs_batches(checkpoint: dict[str, Any]) -> None:
     """A checkpoint saved after an epoch ended and before the next began (a SIGTERM there)
     still counts the finished epoch's batches as the current epoch's; Lightning would resume
-    the next epoch as if those were done (and the data loader skip them). Zero that count."""
+    the next epoch as if those were done (and the data loader skip them). Zero that count.
+
+    On a restart, Lightning 2.6's ``_TrainingEpochLoop.reset`` zeroes that count only for a
+    checkpoint saved at the end of a training batch (``restarted_on_train_batch_end``):
+    https://github.com/Lightning-AI/pytorch-lightning/blob/2.6.6/src/lightning/pytorch/loops/training_epoch_loop.py
+    """
     loop = _fit_loop(checkpoint)
     epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
     if not epochs or not batches:

@@ -104,14 +104,14 @@ class ShardBatchSampler(BucketBatchSampler):
         return EpochPlan(order, starts, ends, cps)
 
 
-Stream = list[tuple[int, int, int]]
+WorkerBatches = list[tuple[int, int, int]]
 """A loader stream's batches in reading order: (start, end, copy) in the epoch's order."""
 
 
-def _whole_shards(cuts: list[Stream], n: int) -> list[Stream]:
+def _whole_shards(cuts: list[WorkerBatches], n: int) -> list[WorkerBatches]:
     """Each shard's batches to the stream with the fewest utterances so far: every shard is
     read by one stream."""
-    streams: list[Stream] = [[] for _ in range(n)]
+    streams: list[WorkerBatches] = [[] for _ in range(n)]
     load = np.zeros(n, dtype=np.int64)
     for batches in cuts:
         s = int(np.argmin(load))
@@ -120,7 +120,7 @@ def _whole_shards(cuts: list[Stream], n: int) -> list[Stream]:
     return streams
 
 
-def _runs(cuts: list[Stream], n: int) -> list[Stream]:
+def _runs(cuts: list[WorkerBatches], n: int) -> list[WorkerBatches]:
     """The epoch's batches cut into ``n`` runs of (nearly) as many batches: a shard at the
     end of one run and the start of the next is read by both streams, each its part (few
     shards, or shards of very different sizes)."""
@@ -129,7 +129,7 @@ def _runs(cuts: list[Stream], n: int) -> list[Stream]:
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _even_out(streams: list[Stream], drop: bool) -> bool:
+def _even_out(streams: list[WorkerBatches], drop: bool) -> bool:
     """Split the largest batches of the shorter streams (a split batch stays a run of
     members) until every stream has as many as the longest. Where a stream cannot (its
     batches are single utterances): False, or with ``drop`` every stream is cut to the

@@ -1,11 +1,12 @@
-"""Shared fixtures (the helpers they build on are in helpers.py)."""
+"""Shared fixtures (the helpers they build on are in helpers.py and runs.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers import write_tone
+from helpers import FAST, run_cli, scalars, small_manifests, write_tone
+from runs import RESUMABLE
 
 
 @pytest.fixture
@@ -21,3 +22,34 @@ def librispeech_tree(tmp_path: Path) -> Path:
                 k += 1
             (root / str(spk) / str(ch) / f"{spk}-{ch}.trans.txt").write_text("TEXT\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """An uninterrupted 14-update run (the curve every interrupted run must reproduce)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    manifests = small_manifests(tmp, 12)  # 4 batches of 3 per epoch
+    proc = run_cli(
+        *RESUMABLE,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=14",
+        f"hydra.run.dir={tmp / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return manifests, scalars(tmp / "run")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A real training checkpoint of the demo model (2 updates)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    manifests = small_manifests(tmp, 6)
+    proc = run_cli(
+        *FAST,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={tmp / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return manifests, tmp / "run" / "checkpoints" / "last.ckpt"

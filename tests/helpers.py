@@ -279,3 +279,17 @@ def plan_from_mask(mask: torch.Tensor, distractors: torch.Tensor):
     B, M = mask.shape[0], int(counts[0])
     assert distractors.shape[:2] == (B, M), distractors.shape
     return MaskPlan(mask, mask.nonzero()[:, 1].view(B, M), distractors)
+
+
+def manifest_of(tmp_path, files: dict[str, float], **kw):
+    """Write files {relpath: seconds} and a manifest of them; return the parsed manifest."""
+    root = tmp_path / "audio"
+    lines = [str(root)]
+    for i, (rel, seconds) in enumerate(files.items()):
+        data = write_tone(root / rel, seconds, seed=i, **kw)
+        lines.append(f"{rel}\t{len(data)}")
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    from w2v2_pretrain.data.index import read_manifest
+
+    return read_manifest(path)

@@ -128,7 +128,7 @@ def test_init_from_a_layer_norm_transformers_model_takes_larges_recipe(tmp_path)
 def test_init_from_fairseq_and_resume_without_the_source(tmp_path, caplog):
     """A run started from a fairseq checkpoint trains with a fresh step; its requeue resumes
     from its own checkpoint even after the source is gone."""
-    from test_fairseq import fairseq_checkpoint
+    from fairseq_files import fairseq_checkpoint
 
     from w2v2_pretrain.model_sources import read_model_source
 
@@ -276,7 +276,7 @@ def test_init_from_an_xlsr_shaped_fairseq_checkpoint_loads_every_tensor(tmp_path
     norm at ``conv_layers.i.2.1``; conv biases; ``layer_norm_first`` with ``encoder.layer_norm``;
     ``latent_dim`` 0, so the codevectors are ``final_dim`` wide; the cfg-dict form fairseq saved
     XLS-R in) at a small width and depth: every tensor lands where it belongs."""
-    from test_fairseq import Shape, fairseq_checkpoint
+    from fairseq_files import Shape, fairseq_checkpoint
 
     shape = Shape(
         conv_channels=32,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO_ROOT, compose_cfg, messy_corpus, run_cli, scalars, small_manifests
-from test_reliability import RESUMABLE, same_curve, start, wait_for
+from runs import RESUMABLE, same_curve, start, wait_for
 
 from w2v2_pretrain.data.audio import read_audio
 from w2v2_pretrain.data.index import read_manifest

@@ -211,8 +211,8 @@ def data_path(manifest: str, seconds: float, batches: int) -> float:
     """Audio-seconds per second of one loader worker: decode, crop, collate and mask plan."""
     from w2v2_pretrain.data.collate import Collator, MaskPlanner
     from w2v2_pretrain.data.dataset import AudioDataset
-    from w2v2_pretrain.data.index import read_manifest
     from w2v2_pretrain.data.sampler import BucketBatchSampler
+    from w2v2_pretrain.data.tsv import read_manifest
 
     crop = int(seconds * 16_000)
     ds = AudioDataset(read_manifest(manifest), max_sample_size=crop)

@@ -71,8 +71,8 @@ def write_manifest(path: Path, n: int, root: Path) -> None:
 
 def one_size(path: Path) -> dict:
     """The figures of one manifest, in this process."""
-    from w2v2_pretrain.data.index import read_manifest
     from w2v2_pretrain.data.sampler import BucketBatchSampler
+    from w2v2_pretrain.data.tsv import read_manifest
 
     base = rss()
     t = time.perf_counter()
@@ -114,9 +114,9 @@ def build_linked_corpus(folder: Path, n: int) -> Path:
     import soundfile as sf
 
     from w2v2_pretrain.data.config import VerifyLevel
-    from w2v2_pretrain.data.index import read_manifest
     from w2v2_pretrain.data.record import save_record
     from w2v2_pretrain.data.scan import Scan, stat_files
+    from w2v2_pretrain.data.tsv import read_manifest
 
     sources = sorted((REPO / "data" / "demo").rglob("*.flac"))
     infos = [sf.info(str(f)) for f in sources]

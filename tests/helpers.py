@@ -290,6 +290,6 @@ def manifest_of(tmp_path, files: dict[str, float], **kw):
         lines.append(f"{rel}\t{len(data)}")
     path = tmp_path / "train.tsv"
     path.write_text("\n".join(lines) + "\n")
-    from w2v2_pretrain.data.index import read_manifest
+    from w2v2_pretrain.data.tsv import read_manifest
 
     return read_manifest(path)

@@ -188,6 +188,10 @@ def test_export_and_extract_refuse_code_carrying_files(tmp_path):
         ("{root}\na.flac\n", "train.tsv:2: expected 2 tab-separated columns"),
         ("{root}\na.flac\tlots\n", "train.tsv:2: num_samples 'lots' is not an integer"),
         ("{root}\na.flac\t-3\n", "train.tsv:2: num_samples must be positive, got -3"),
+        (
+            "{root}\na.flac\t99999999999999999999\n",
+            "train.tsv:2: num_samples 99999999999999999999 is more than a length can be",
+        ),
         ("{root}\na.flac\t24000\n", "train.tsv:2 ({root}/a.flac): manifest says 24000 samples"),
         ("{root}\na.flac\t{n}\na.flac\t{n}\n", "train.tsv:3: 'a.flac' is listed again"),
         ("{root}/gone\na.flac\t{n}\n", "train.tsv:1: root {root}/gone does not exist"),

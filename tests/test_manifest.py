@@ -12,8 +12,8 @@ import soundfile as sf
 from helpers import rows as entries
 from helpers import write_tone
 
-from w2v2_pretrain.data.index import read_manifest
 from w2v2_pretrain.data.manifest import build_manifests
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.errors import DataError
 
 
@@ -249,14 +249,14 @@ def test_manifest_parsed_in_chunks_equals_line_by_line(tmp_path, monkeypatch):
     """The vectorised parse, over chunk boundaries, reads what a line-by-line reading does:
     a byte-order mark, CRLF and LF line ends, blank lines, ``./`` spellings, non-ASCII names,
     and a repeat spelled differently is still found."""
-    import w2v2_pretrain.data.index as index
+    import w2v2_pretrain.data.tsv as tsv
 
     (tmp_path / "a").mkdir()
     rows = [(f"a/{i:04d}-ü.flac" if i % 7 else f"./a/{i}.flac", 1000 + i) for i in range(300)]
     text = "".join(f"{p}\t{n}\r\n" if i % 3 else f"{p}\t{n}\n\n" for i, (p, n) in enumerate(rows))
     path = tmp_path / "train.tsv"
     path.write_bytes(b"\xef\xbb\xbf" + f"{tmp_path}\r\n{text}".encode())
-    monkeypatch.setattr(index, "_CHUNK", 97)  # many chunks, boundaries inside lines
+    monkeypatch.setattr(tsv, "_CHUNK", 97)  # many chunks, boundaries inside lines
     m = read_manifest(path)
     assert m.root == tmp_path.resolve() and len(m) == 300
     assert entries(m) == rows
@@ -267,6 +267,23 @@ def test_manifest_parsed_in_chunks_equals_line_by_line(tmp_path, monkeypatch):
         read_manifest(path)
     path.write_text(f"{tmp_path}\n{text}a//0.flac\t5\n")
     with pytest.raises(DataError, match=r"'a//0.flac' is listed again \(first at line 2\)"):
+        read_manifest(path)
+
+
+def test_a_repeat_is_found_past_a_path_of_the_same_hash(tmp_path):
+    """The duplicate check sorts by a 32-bit hash of each path: two different paths that share
+    one, with a repeat of the first after the second, are told apart and the repeat named."""
+    import w2v2_pretrain.data.tsv as tsv
+
+    a, b = "spk/iygkkqyghsjdsrtz.flac", "spk/qygsilhixbokhoyf.flac"
+    assert tsv._key_of(a) == tsv._key_of(b)  # the collision this test is about
+    path = tmp_path / "train.tsv"
+    path.write_text(f"{tmp_path}\n{a}\t5\n{b}\t5\n")
+    assert entries(read_manifest(path)) == [(a, 5), (b, 5)]
+    path.write_text(f"{tmp_path}\n{a}\t5\n{b}\t5\n{a}\t5\n")
+    with pytest.raises(
+        DataError, match=rf"train.tsv:4: '{a}' is listed again \(first at line 2\)"
+    ):
         read_manifest(path)
 
 

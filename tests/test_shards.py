@@ -17,10 +17,10 @@ from helpers import REPO_ROOT, compose_cfg, messy_corpus, run_cli, scalars, smal
 from runs import RESUMABLE, same_curve, start, wait_for
 
 from w2v2_pretrain.data.audio import read_audio
-from w2v2_pretrain.data.index import read_manifest
 from w2v2_pretrain.data.shards.index import read_index
 from w2v2_pretrain.data.shards.plan import ShardBatchSampler
 from w2v2_pretrain.data.shards.writer import write_shards
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.train import train
 
 SHARD_CLI = [sys.executable, "-m", "w2v2_pretrain.cli.shard"]

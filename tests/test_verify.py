@@ -20,7 +20,7 @@ from w2v2_pretrain.data.collate import Collator
 from w2v2_pretrain.data.config import DataConfig
 from w2v2_pretrain.data.datamodule import AudioDataModule
 from w2v2_pretrain.data.dataset import AudioDataset, BadFile
-from w2v2_pretrain.data.index import read_manifest
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.errors import DataError
 

@@ -22,7 +22,7 @@ import torch
 
 from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.data.audio import AudioInfo, format_problem, normalize, read_audio
-from w2v2_pretrain.data.index import read_manifest
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.errors import DataError
 from w2v2_pretrain.models import Wav2Vec2Model
 from w2v2_pretrain.models.feature_encoder import frame_lengths

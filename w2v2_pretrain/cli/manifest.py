@@ -92,8 +92,8 @@ def _record(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from w2v2_pretrain.data.config import VerifyLevel
-    from w2v2_pretrain.data.index import read_manifest
     from w2v2_pretrain.data.record import verified_scan
+    from w2v2_pretrain.data.tsv import read_manifest
 
     for split in ("train", "valid"):
         manifest = read_manifest(Path(args.dest) / f"{split}.tsv")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from w2v2_pretrain.data.collate import Batch, Collator, MaskPlanner, MaskSeeds
 from w2v2_pretrain.data.config import DataConfig, VerifyLevel
 from w2v2_pretrain.data.dataset import AudioDataset
-from w2v2_pretrain.data.index import Manifest, read_manifest
+from w2v2_pretrain.data.index import Manifest
 from w2v2_pretrain.data.record import load_record, verified_scan
 from w2v2_pretrain.data.sampler import BucketBatchSampler, corpus_shares
 from w2v2_pretrain.data.scan import Scan
@@ -25,6 +25,7 @@ from w2v2_pretrain.data.shards.index import read_index
 from w2v2_pretrain.data.shards.plan import ShardBatchSampler, shard_sizes_in_order
 from w2v2_pretrain.data.shards.reader import ShardDataset
 from w2v2_pretrain.data.shards.transport import Transfer
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.data.workers import worker_init_fn
 from w2v2_pretrain.errors import DataError

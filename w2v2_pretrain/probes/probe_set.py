@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from w2v2_pretrain.data.audio import normalize, read_audio, sample_problem
-from w2v2_pretrain.data.index import Manifest, read_manifest
+from w2v2_pretrain.data.index import Manifest
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.errors import ConfigError, DataError, one_line
 from w2v2_pretrain.logs import run_logger
 

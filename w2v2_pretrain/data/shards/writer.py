@@ -28,9 +28,10 @@ import soundfile as sf
 from w2v2_pretrain.atomic import atomic_open
 from w2v2_pretrain.data.audio import read_audio, sample_problem
 from w2v2_pretrain.data.config import VerifyLevel
-from w2v2_pretrain.data.index import Manifest, read_manifest
+from w2v2_pretrain.data.index import Manifest
 from w2v2_pretrain.data.parallel import in_threads
 from w2v2_pretrain.data.shards import FORMAT, INDEX, VERSION
+from w2v2_pretrain.data.tsv import read_manifest
 from w2v2_pretrain.data.verify import check_manifest
 from w2v2_pretrain.errors import DataError
 

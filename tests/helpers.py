@@ -229,7 +229,7 @@ def error_line(overrides: list[str], output_dir: Path) -> str:
     as the CLI finds it: Hydra's composition (its errors worded by the CLI's
     `composition_error`), then ``train``, whose project errors the CLI prints as
     ``error: <one line>``. A CLI start costs ~5 s of imports, so most error cases run here and
-    a few through the real CLI (tests/test_reliability.py)."""
+    a few through the real CLI (tests/test_errors.py)."""
     from hydra.errors import HydraException
 
     from w2v2_pretrain.cli.pretrain import composition_error

@@ -57,6 +57,17 @@ def start(*overrides: str, session: bool = False) -> subprocess.Popen:
     )
 
 
+def resume_here(overrides: list[str], run: Path):
+    """``resume=true`` of a run the test started through the CLI, in this process as the CLI
+    runs it (the requeue; a fresh CLI start costs ~5 s of imports): the `TrainResult`."""
+    from helpers import compose_cfg
+
+    from w2v2_pretrain.train import train
+
+    kept = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    return train(compose_cfg([*kept, "resume=true"], run))
+
+
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -122,6 +133,16 @@ class HoldValidation(pl.Callback):
         deadline = time.monotonic() + 60
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+class SigtermInValidation(pl.Callback):
+    """Sends its own process SIGTERM after the first batch of the first validation in
+    training: the stop lands inside the validation, with batches left to go."""
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: object, **kwargs: object):
+        if not trainer.sanity_checking and not trainer.received_sigterm:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RecordUpdates(pl.Callback):

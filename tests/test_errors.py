@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,11 @@ def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
             ["model.objective.num_negatives=500"],
             "error: model.objective.num_negatives (500) exceeds the other masked frames",
         ),
-        (["ckpt_path=/nowhere.ckpt", "resume=true"], "error: ckpt_path and resume=true both"),
+        pytest.param(  # the same path out as the build error above
+            ["ckpt_path=/nowhere.ckpt", "resume=true"],
+            "error: ckpt_path and resume=true both",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_bad_settings_through_the_cli_are_one_line_and_exit_2(tmp_path, overrides, message):
@@ -93,20 +98,31 @@ def unwritable(folder: Path):
         folder.chmod(0o700)
 
 
-def test_a_run_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
-    """hydra.run.dir that is a file, lies under a file, or is in a folder nobody may write."""
+def test_a_run_folder_that_cannot_be_written_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """hydra.run.dir that is a file, lies under a file, or is in a folder nobody may write: the
+    last through the real CLI, the others through its main() in this process (Hydra makes the
+    run folder before the run starts, so no run is built either way)."""
+    from w2v2_pretrain.cli.pretrain import main
+
     (tmp_path / "file").write_text("")
+    prefix = "error: hydra.run.dir: cannot write the run folder: "
+    for run_dir, cause in (
+        (tmp_path / "file", "File exists"),
+        (tmp_path / "file" / "run", "Not a directory"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["w2v2-pretrain", *FAST, f"hydra.run.dir={run_dir}"])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stopped.value.code == 2 and line.startswith(prefix), line
+        assert cause in line and str(run_dir) in line, line
     with unwritable(tmp_path / "locked") as locked:
-        for run_dir, cause in (
-            (tmp_path / "file", "File exists"),
-            (tmp_path / "file" / "run", "Not a directory"),
-            (locked / "run", "ermi"),  # Permission denied / Operation not permitted
-        ):
-            proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}")
-            assert proc.returncode == 2, proc.stderr[-2000:]
-            line = last_error(proc)
-            assert line.startswith("error: hydra.run.dir: cannot write the run folder: ")
-            assert cause in line and str(run_dir) in line, line
+        run_dir = locked / "run"
+        proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        line = last_error(proc)
+        # Permission denied / Operation not permitted
+        assert line.startswith(prefix) and "ermi" in line and str(run_dir) in line, line
 
 
 class Payload:
@@ -137,29 +153,24 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, trained):
         foreign: "not a w2v2-pretrain training checkpoint",
         evil: "refused: not plain tensors and data (it holds posix.system)",
     }
-    for path, message in cases.items():
-        proc = run_cli(*base, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}")
-        assert proc.returncode == 2 and message in last_error(proc), (path, proc.stderr[-2000:])
-        assert str(path) in last_error(proc)
+    # the code-carrying file through the real CLI: no process of the run executes it
+    proc = run_cli(*base, f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and cases[evil] in last_error(proc), proc.stderr[-2000:]
+    assert str(evil) in last_error(proc)
+    for path, message in cases.items():  # the rest found in-process, as the CLI finds them
+        line = error_line([*base, f"ckpt_path={path}"], tmp_path / "run")
+        assert message in line and str(path) in line, (path, line)
     assert not marker.exists()
-
-    other = run_cli(
-        *base,
-        f"ckpt_path={good}",
-        "model.context_network.num_layers=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
+    line = error_line(
+        [*base, f"ckpt_path={good}", "model.context_network.num_layers=2"], tmp_path / "run"
     )
-    assert other.returncode == 2
-    assert "trained with other model settings (model.context_network.num_layers: 4 -> 2)" in (
-        last_error(other)
-    )
+    assert "trained with other model settings (model.context_network.num_layers: 4 -> 2)" in line
 
     # resume=true finds a truncated last.ckpt in the run folder
     run = tmp_path / "resumed"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
-    proc = run_cli(*base, "resume=true", f"hydra.run.dir={run}")
-    assert proc.returncode == 2 and "last.ckpt: not a readable checkpoint" in last_error(proc)
+    assert "last.ckpt: not a readable checkpoint" in error_line([*base, "resume=true"], run)
 
 
 def test_export_and_extract_refuse_code_carrying_files(tmp_path):

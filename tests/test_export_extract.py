@@ -48,7 +48,7 @@ def test_export_loads_in_transformers_and_back(exported):
         assert torch.equal(back.state_dict()[k], v), k
 
 
-def test_extract_manifest_equals_transformers(exported, tmp_path):
+def test_extract_manifest_equals_transformers(exported, tmp_path, capsys):
     model, tmp = exported
     root = tmp_path / "audio"
     write_tone(root / "1" / "2" / "1-2-0000.flac", 1.3)
@@ -60,8 +60,8 @@ def test_extract_manifest_equals_transformers(exported, tmp_path):
         f"{root}\n1/2/1-2-0000.flac\t{len(a)}\n1/2/1-2-0001.flac\t{len(b)}\n"
     )
     out = tmp_path / "feats"
-    proc = run("w2v2_pretrain.cli.extract", str(tmp / "hf"), str(tmp_path / "test.tsv"), str(out))
-    assert proc.returncode == 0, proc.stderr
+    code, err, _ = extract_main(capsys, str(tmp / "hf"), str(tmp_path / "test.tsv"), str(out))
+    assert code == 0, err
     hf = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp / "hf").eval()
     for rel, wav in (("1-2-0000", a), ("1-2-0001", b)):
         feats = np.load(out / "1" / "2" / f"{rel}.npy")
@@ -72,15 +72,11 @@ def test_extract_manifest_equals_transformers(exported, tmp_path):
         np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-5)
 
     # --layer N: the output of block N (transformers' model cut to N blocks)
-    proc = run(
-        "w2v2_pretrain.cli.extract",
-        str(tmp / "model.pt"),
-        str(root / "1" / "2" / "1-2-0000.flac"),
-        str(tmp_path / "l2"),
-        "--layer",
-        "2",
+    one = str(root / "1" / "2" / "1-2-0000.flac")
+    code, err, _ = extract_main(
+        capsys, str(tmp / "model.pt"), one, str(tmp_path / "l2"), "--layer", "2"
     )
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     hf.wav2vec2.encoder.layers = hf.wav2vec2.encoder.layers[:2]
     with torch.no_grad():
         ref = hf.wav2vec2(torch.from_numpy(a[:, 0])[None]).last_hidden_state[0].numpy()
@@ -97,18 +93,13 @@ def test_extract_manifest_equals_transformers(exported, tmp_path):
         (lambda p: write_tone(p, 1.0), ["--layer", "9"], "--layer 9: the model has layers 1..4"),
     ],
 )
-def test_extract_bad_input_is_one_line(exported, tmp_path, make, args, message):
+def test_extract_bad_input_is_one_line(exported, tmp_path, capsys, make, args, message):
     _, tmp = exported
     make(tmp_path / "bad.flac")
-    proc = run(
-        "w2v2_pretrain.cli.extract",
-        str(tmp / "model.pt"),
-        str(tmp_path / "bad.flac"),
-        str(tmp_path / "out"),
-        *args,
+    code, lines, _ = extract_main(
+        capsys, str(tmp / "model.pt"), str(tmp_path / "bad.flac"), str(tmp_path / "out"), *args
     )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "out" / "bad.npy").exists()
 
@@ -119,7 +110,7 @@ def test_export_missing_model_is_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope.ckpt'}: model file not found"
 
 
-def test_input_contract_travels_with_the_model(tmp_path):
+def test_input_contract_travels_with_the_model(tmp_path, capsys):
     """A model trained on normalized input records it: w2v2-extract normalizes by default,
     w2v2-export writes a preprocessor_config.json that transformers' AutoFeatureExtractor
     loads with do_normalize, and feature extractor + model there equal our extraction."""
@@ -131,8 +122,9 @@ def test_input_contract_travels_with_the_model(tmp_path):
     model = Wav2Vec2Model(cfg).eval()
     save_model(model, tmp_path / "model.pt")
     assert load_model(tmp_path / "model.pt").cfg.input.normalize
-    proc = run("w2v2_pretrain.cli.export", str(tmp_path / "model.pt"), str(tmp_path / "hf"))
-    assert proc.returncode == 0, proc.stderr
+    from w2v2_pretrain.cli.export import main as export
+
+    export([str(tmp_path / "model.pt"), str(tmp_path / "hf")])  # w2v2-export in this process
     fe = AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
     assert fe.do_normalize is True and fe.sampling_rate == 16_000
     assert fe.return_attention_mask is False  # group-norm encoder: never padded
@@ -140,14 +132,11 @@ def test_input_contract_travels_with_the_model(tmp_path):
 
     wav = write_tone(tmp_path / "a.wav", 1.5)[:, 0] * 2.0
     sf.write(tmp_path / "a.wav", wav, 16_000, subtype="FLOAT")
-    proc = run(
-        "w2v2_pretrain.cli.extract",
-        str(tmp_path / "hf"),
-        str(tmp_path / "a.wav"),
-        str(tmp_path / "feats"),
+    code, err, out = extract_main(
+        capsys, str(tmp_path / "hf"), str(tmp_path / "a.wav"), str(tmp_path / "feats")
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "normalized: True" in proc.stdout
+    assert code == 0, err
+    assert "normalized: True" in out
     ours = np.load(tmp_path / "feats" / "a.npy")
     hf = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").eval()
     inputs = fe(wav, sampling_rate=16_000, return_tensors="pt")
@@ -155,14 +144,14 @@ def test_input_contract_travels_with_the_model(tmp_path):
         theirs = hf.wav2vec2(inputs.input_values).last_hidden_state[0].numpy()
     # the two normalisations differ only in epsilon (fairseq's 1e-5, transformers' 1e-7)
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
-    raw = run(
-        "w2v2_pretrain.cli.extract",
+    code, _, out = extract_main(
+        capsys,
         str(tmp_path / "hf"),
         str(tmp_path / "a.wav"),
         str(tmp_path / "raw"),
         "--no-normalize",
     )
-    assert raw.returncode == 0 and "normalized: False" in raw.stdout
+    assert code == 0 and "normalized: False" in out
     assert not np.allclose(np.load(tmp_path / "raw" / "a.npy"), ours, atol=1e-3)
 
 

@@ -212,7 +212,7 @@ def test_shards_resume_exactly_from_a_checkpoint_in_the_middle_of_an_epoch(tmp_p
     same_curve(tmp_path / "run", reference)
 
 
-@pytest.mark.slow  # kill -9 and resume: tests/test_reliability.py (manifests), default run
+@pytest.mark.slow  # kill -9 and resume: tests/test_interruptions.py (manifests), default run
 def test_shards_resume_exactly_after_kill_9(tmp_path, demo_shards):
     """kill -9 at an update, then resume=true: the curve is the uninterrupted run's."""
     shards, reference = demo_shards

@@ -9,6 +9,7 @@ from w2v2_pretrain.atomic import atomic_dir, writable_dir
 from w2v2_pretrain.cli import friendly_errors
 from w2v2_pretrain.errors import DataError, W2V2Error
 from w2v2_pretrain.interop.fairseq import export_fairseq
+from w2v2_pretrain.interop.hf import export
 from w2v2_pretrain.model_sources import read_model_source
 
 
@@ -79,8 +80,6 @@ def main(argv: list[str] | None = None) -> None:
         raise W2V2Error(
             "transformers is not installed: pip install 'w2v2-pretrain[export]'"
         ) from None
-    from w2v2_pretrain.interop.hf import export
-
     with atomic_dir(args.out) as folder:  # a failed export leaves OUT as it was
         export(model, folder)
     out = Path(args.out)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from w2v2_pretrain.cli import friendly_errors
+from w2v2_pretrain.data.config import VerifyLevel
 from w2v2_pretrain.data.manifest import LONGER, SHORTER, build_manifests
+from w2v2_pretrain.data.record import verified_scan
+from w2v2_pretrain.data.tsv import read_manifest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,12 +93,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _record(args: argparse.Namespace) -> None:
     """Write each manifest's verify record (what training reads instead of scanning again)."""
-    from pathlib import Path
-
-    from w2v2_pretrain.data.config import VerifyLevel
-    from w2v2_pretrain.data.record import verified_scan
-    from w2v2_pretrain.data.tsv import read_manifest
-
     for split in ("train", "valid"):
         manifest = read_manifest(Path(args.dest) / f"{split}.tsv")
         if len(manifest):

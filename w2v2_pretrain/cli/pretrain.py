@@ -122,7 +122,8 @@ def main() -> None:
     register_configs()
     # Hydra prints a composition error over several lines and exits 1; we report it as every
     # other bad setting is (one line, exit 2), unless the user asked Hydra for the full error
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    full_error = asked == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _main()
@@ -137,6 +138,11 @@ def main() -> None:
         # Hydra creates the run folder and its .hydra/ before the run starts
         print(f"error: hydra.run.dir: cannot write the run folder: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:  # as the user set it (main() may run again in one process)
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
 
 
 if __name__ == "__main__":

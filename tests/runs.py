@@ -82,7 +82,8 @@ def same_curve(run: Path, reference: dict) -> None:
     got = scalars(run)
     for tag in ("train/loss", "train/lr", "train/temperature", "train/accuracy"):
         want = dict(reference[tag])
-        assert sorted({s for s, _ in got[tag]}) == sorted(want) == list(range(14)), tag
+        steps = sorted({s for s, _ in got[tag]})
+        assert steps == sorted(want) == list(range(14)), (tag, steps)
         for step, value in got[tag]:
             assert value == pytest.approx(want[step], rel=1e-5, abs=1e-7), (tag, step)
 

@@ -4,6 +4,7 @@ the cause, never a traceback; no file can run code when it is loaded."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -106,16 +107,21 @@ def test_a_run_folder_that_cannot_be_written_is_a_one_line_error(tmp_path, monke
 
     (tmp_path / "file").write_text("")
     prefix = "error: hydra.run.dir: cannot write the run folder: "
-    for run_dir, cause in (
-        (tmp_path / "file", "File exists"),
-        (tmp_path / "file" / "run", "Not a directory"),
-    ):
-        monkeypatch.setattr(sys, "argv", ["w2v2-pretrain", *FAST, f"hydra.run.dir={run_dir}"])
-        with pytest.raises(SystemExit) as stopped:
-            main()
-        line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert stopped.value.code == 2 and line.startswith(prefix), line
-        assert cause in line and str(run_dir) in line, line
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        for run_dir, cause in (
+            (tmp_path / "file", "File exists"),
+            (tmp_path / "file" / "run", "Not a directory"),
+        ):
+            argv = ["w2v2-pretrain", *FAST, f"hydra.run.dir={run_dir}"]
+            monkeypatch.setattr(sys, "argv", argv)
+            with pytest.raises(SystemExit) as stopped:
+                main()
+            line = capsys.readouterr().err.strip().splitlines()[-1]
+            assert stopped.value.code == 2 and line.startswith(prefix), line
+            assert cause in line and str(run_dir) in line, line
+    finally:  # Hydra configured logging onto this test's captured output: as it was
+        logging.root.handlers[:], logging.root.level = handlers, level
     with unwritable(tmp_path / "locked") as locked:
         run_dir = locked / "run"
         proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}")

@@ -53,7 +53,13 @@ def test_kill_9_then_resume_continues_exactly(tmp_path, reference):
         f"hydra.run.dir={run}",
     ]
     proc = start(*common)
-    wait_for(lambda: (run / "checkpoints" / "step0000004.ckpt").is_file(), proc)
+    ckpts = run / "checkpoints"
+
+    def saved_at_4() -> bool:  # step0000004.ckpt is written first, then last.ckpt again
+        step4, last = ckpts / "step0000004.ckpt", ckpts / "last.ckpt"
+        return step4.is_file() and last.stat().st_mtime_ns >= step4.stat().st_mtime_ns
+
+    wait_for(saved_at_4, proc)
     # a random point among the 10 updates left (~0.15 s each here): the kill must land mid-run
     time.sleep(random.uniform(0.0, 0.6))
     assert proc.poll() is None, "the run ended before the kill"

@@ -1,6 +1,6 @@
-"""Lightning pieces the run adds: once-per-update LR logging, crash-safe checkpoint files, a
-progress bar closed on every way out, and a model summary that counts the FLOPs of a training
-step."""
+"""Lightning pieces the run adds: once-per-update LR logging, crash-safe checkpoint files and
+TensorBoard events, a progress bar closed on every way out, and a model summary that counts the
+FLOPs of a training step."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pytorch_lightning.callbacks import (
     RichModelSummary,
     TQDMProgressBar,
 )
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 from typing_extensions import override
 
@@ -33,6 +35,28 @@ class UpdateLearningRateMonitor(LearningRateMonitor):
         batch_idx = args[2] if len(args) > 2 else kwargs.get("batch_idx", 0)
         if batch_idx % trainer.accumulate_grad_batches == 0:  # an update's first micro-batch
             super().on_train_batch_start(trainer, *args, **kwargs)
+
+
+class CheckpointedTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger, writing to disk the metrics of an update a checkpoint was
+    saved at as soon as they are logged (the module sets ``flush_next`` when it saves).
+
+    Lightning logs an update's metrics after its batch-end callbacks, where ModelCheckpoint
+    saves; until the next flush they wait in the writer's queue, and a kill -9 there (during
+    the next batch's data loading, say) would lose an update that the resumed run, starting
+    after the checkpoint, never logs again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flush_next = False
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        if self.flush_next:
+            self.flush_next = False
+            self.experiment.flush()
 
 
 class ProgressBar(TQDMProgressBar):

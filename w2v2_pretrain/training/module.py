@@ -348,9 +348,13 @@ class Wav2Vec2Pretraining(pl.LightningModule):
             self._flush_logger()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # what was logged up to this checkpoint reaches the disk before it (see above)
+        # what was logged up to this checkpoint reaches the disk before it, and the metrics of
+        # its own update as soon as Lightning logs them (CheckpointedTensorBoardLogger), else at
+        # the next batch (see above)
         self._flush_logger()
         self._flush_pending = True
+        if hasattr(self.logger, "flush_next"):
+            self.logger.flush_next = True
         checkpoint["rng_states"] = run_state.rng_states()
         checkpoint["run_counters"] = torch.stack([self.skipped_updates, self.bad_files_met]).cpu()
         if self.run_config is not None:

@@ -4,7 +4,9 @@ Locations: a folder, an ``http(s)://`` URL prefix, any URL fsspec opens (``s3://
 ... with its package installed), or ``pipe:COMMAND`` with ``{}`` where the shard's path goes
 (``pipe:aws s3 cp s3://bucket/ls960/{} -``). A read that fails (a dropped connection, a server
 that went away, a command that exited non-zero) is retried a bounded number of times
-(`with_retries`), then stops with a `SourceUnavailable` naming the shard.
+(`with_retries`), then stops with a `SourceUnavailable` naming the shard. This transport is
+ours rather than lhotse's ``open_best`` because lhotse's neither times out nor retries (the
+shards package's docstring says what else it lacks).
 """
 
 from __future__ import annotations

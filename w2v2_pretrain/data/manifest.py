@@ -3,7 +3,7 @@
 Manifests written here load in fairseq (``wav2vec_manifest.py`` format) and fairseq's load here. A
 root line that is relative is resolved against the manifest's own folder, so a manifest committed
 next to its corpus works from any clone. This module writes them (`build_manifests` walks a
-LibriSpeech-style tree); reading them (`read_manifest`, `Manifest`) is index.py.
+LibriSpeech-style tree); reading them is tsv.py (`read_manifest`) into index.py's `Manifest`.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ class MaskSeeds:
     (``train``, epoch, utterance), or the same every epoch when ``fixed`` (overfitting one
     batch); validation always the same, from ``val`` (so validations compare)."""
 
-    train: int = 1
-    val: int = 12345
+    train: int
+    val: int
     fixed: bool = False
 
 

@@ -63,7 +63,8 @@ class AudioDataModule(pl.LightningDataModule):
         model: the model the batches are for: its receptive field (shorter clips are bad
             files) and its masking, drawn in the loaders (`MaskPlanner`) with ``seeds``. None:
             no masks planned (the model then draws its own).
-        seeds: where the masks and distractors are drawn from (`MaskSeeds`).
+        seeds: where the masks and distractors are drawn from (`MaskSeeds`; given with
+            ``model``: the run's seeds, training/config.py).
         fixed_order: serve epoch 0's batches and crops every epoch (overfitting one batch).
         bad_files_log: the run's ``bad_files.tsv``, where the set-up names the bad files it
             skipped; its folder keeps the verify record when the manifest's folder is
@@ -87,7 +88,9 @@ class AudioDataModule(pl.LightningDataModule):
         self.manifest_dirs = [Path(d) for d in cfg.manifest_dirs]
         self.audio_per_update = cfg.audio_seconds_per_update
         self.receptive_field = model.receptive_field if model is not None else 400
-        self.planners = MaskPlanner.for_splits(model, seeds or MaskSeeds()) if model else {}
+        if model is not None and seeds is None:
+            raise ValueError("AudioDataModule: a model's masks need seeds= (MaskSeeds)")
+        self.planners = MaskPlanner.for_splits(model, seeds) if model is not None else {}
         self.fixed_order = fixed_order
         self.bad_files_log = bad_files_log
         self.datasets: dict[str, AudioDataset] = {}
@@ -311,8 +314,9 @@ class AudioDataModule(pl.LightningDataModule):
         sampler = self.sampler(split)
         if train and self._resume is not None:
             # resume mid-epoch: continue the interrupted epoch where it stopped, not from its
-            # start (Lightning sets later epochs itself, through `batch_sampler.sampler`)
-            epoch, batches = self._resume
+            # start; once (Lightning sets later epochs itself, through `batch_sampler.sampler`,
+            # and a loader made again later is not a resume)
+            (epoch, batches), self._resume = self._resume, None
             sampler.set_epoch(epoch)
             sampler.resume(epoch, batches)
         return TimedDataLoader(

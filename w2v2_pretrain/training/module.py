@@ -108,7 +108,8 @@ class Wav2Vec2Pretraining(pl.LightningModule):
         self.on_bad_file = BadFilePolicy.parse(on_bad_file, "data.on_bad_file")
         self.bad_files_log = Path(bad_files_log) if bad_files_log else None
         self.run_config = run_config
-        self.register_buffer("code_counts", torch.zeros(cfg.quantizer.num_codevectors), False)
+        counts = torch.zeros(cfg.quantizer.num_codevectors)
+        self.register_buffer("code_counts", counts, persistent=False)
         # so far, over all ranks: updates skipped, bad files met; and bad updates in a row
         for name in ("skipped_updates", "bad_files_met", "bad_streak"):
             self.register_buffer(name, torch.zeros((), dtype=torch.float64), persistent=False)

@@ -39,19 +39,42 @@ from w2v2_pretrain.errors import CheckpointWriteError, TrainingError
 from w2v2_pretrain.train import build, train
 
 
+def interrupted(manifests: Path, every: int, run: Path | None = None) -> list[str]:
+    """The overrides of the reference's 14-update run (RESUMABLE) on ``manifests``, saving a
+    periodic checkpoint every ``every`` updates; in ``run`` where the CLI starts it."""
+    overrides = [
+        *RESUMABLE,
+        f"data.manifest_dir={manifests}",
+        "trainer.max_steps=14",
+        f"callbacks.periodic.every_n_train_steps={every}",
+    ]
+    return [*overrides, f"hydra.run.dir={run}"] if run else overrides
+
+
+def signal_after_update_3(
+    overrides: list[str], run: Path, signals, session: bool = False
+) -> tuple[int, str, str]:
+    """Starts the CLI, waits for its checkpoint at update 3, and at a random update of the 11
+    left sends each ``(send, signal)`` of ``signals``, 0.3 s apart: (exit status, stdout,
+    stderr)."""
+    proc = start(*overrides, session=session)
+    wait_for(lambda: (run / "checkpoints" / "step0000003.ckpt").is_file(), proc)
+    time.sleep(random.uniform(0.0, 0.6))
+    assert proc.poll() is None, "the run ended before the signals"
+    for i, (send, sig) in enumerate(signals):
+        time.sleep(0.3 if i else 0.0)
+        send(proc, sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
 def test_kill_9_then_resume_continues_exactly(tmp_path, reference):
     """kill -9 at a random point, then resume=true: the run continues from the last checkpoint
     and the global step, LR, temperature and data order continue; what was written before the
     checkpoint (events, checkpoints) is kept."""
     manifests, ref = reference
     run = tmp_path / "run"
-    common = [
-        *RESUMABLE,
-        f"data.manifest_dir={manifests}",
-        "trainer.max_steps=14",
-        "callbacks.periodic.every_n_train_steps=2",
-        f"hydra.run.dir={run}",
-    ]
+    common = interrupted(manifests, 2, run)
     proc = start(*common)
     ckpts = run / "checkpoints"
 
@@ -85,20 +108,9 @@ def test_sigterm_saves_at_the_current_update_and_requeue_continues(tmp_path, ref
     with resume=true continues exactly."""
     manifests, ref = reference
     run = tmp_path / "run"
-    common = [
-        *RESUMABLE,
-        f"data.manifest_dir={manifests}",
-        "trainer.max_steps=14",
-        "callbacks.periodic.every_n_train_steps=3",
-        f"hydra.run.dir={run}",
-    ]
-    proc = start(*common)
-    wait_for(lambda: (run / "checkpoints" / "step0000003.ckpt").is_file(), proc)
-    time.sleep(random.uniform(0.0, 0.6))  # a random update of the 11 left
-    assert proc.poll() is None, "the run ended before the signal"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
+    common = interrupted(manifests, 3, run)
+    status, out, err = signal_after_update_3(common, run, [(main_send, signal.SIGTERM)])
+    assert status == 143, err[-3000:]
     assert "Traceback" not in err
     stopped = int(out.split("stopped by SIGTERM after ")[1].split(" ")[0])
     assert "continue with resume=true" in out
@@ -133,23 +145,10 @@ def test_signals_as_clusters_send_them_stop_at_an_update_and_resume_exactly(
     curve and its TensorBoard steps equal the uninterrupted run's."""
     manifests, ref = reference
     run = tmp_path / "run"
-    common = [
-        *RESUMABLE,
-        f"data.manifest_dir={manifests}",
-        "trainer.max_steps=14",
-        "callbacks.periodic.every_n_train_steps=3",
-        f"hydra.run.dir={run}",
-    ]
+    common = interrupted(manifests, 3, run)
     workers = ["data.num_workers=2", "data.persistent_workers=true"]
-    proc = start(*common, *workers, session=True)
-    wait_for(lambda: (run / "checkpoints" / "step0000003.ckpt").is_file(), proc)
-    time.sleep(random.uniform(0.0, 0.6))  # a random update of the 11 left
-    assert proc.poll() is None, "the run ended before the signals"
-    for i, (send, sig) in enumerate(signals):
-        time.sleep(0.3 if i else 0.0)
-        send(proc, sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == status, err[-3000:]
+    got, out, err = signal_after_update_3([*common, *workers], run, signals, session=True)
+    assert got == status, err[-3000:]
     assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
     stopped = int(re.search(r"pretraining stopped by .* after (\d+) updates", out)[1])
     assert "continue with resume=true" in out
@@ -170,12 +169,7 @@ def test_sigterm_after_an_epochs_last_batch_resumes_exactly(tmp_path, reference)
     resumes in the next epoch; the requeued run must neither skip nor repeat a batch."""
     manifests, ref = reference
     run = tmp_path / "run"
-    common = [
-        *RESUMABLE,
-        f"data.manifest_dir={manifests}",
-        "trainer.max_steps=14",
-        "callbacks.periodic.every_n_train_steps=3",
-    ]
+    common = interrupted(manifests, 3)
     stop = ["+callbacks.sigterm._target_=runs.SigtermAt", "+callbacks.sigterm.step=4"]
     result = train(compose_cfg([*common, *stop], run))
     assert result.stopped_by == "SIGTERM" and result.global_step == 4
@@ -225,13 +219,7 @@ def test_kill_during_a_checkpoint_save_never_corrupts_last_ckpt(tmp_path, refere
     manifests, _ = reference
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
-    common = [
-        *RESUMABLE,
-        f"data.manifest_dir={manifests}",
-        "trainer.max_steps=14",
-        "callbacks.periodic.every_n_train_steps=1",
-        f"hydra.run.dir={run}",
-    ]
+    common = interrupted(manifests, 1, run)
     proc = start(*common)
     wait_for(lambda: (ckpts / "last.ckpt").is_file(), proc)
     wait_for(lambda: any(ckpts.glob(".last.ckpt.*.tmp")), proc)  # mid-save of last.ckpt
@@ -318,15 +306,7 @@ def test_a_disk_that_fills_during_a_save_stops_with_one_line_and_last_ckpt_intac
     manifests, _ = reference
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "last.ckpt"
-    cfg = compose_cfg(
-        [
-            *RESUMABLE,
-            f"data.manifest_dir={manifests}",
-            "trainer.max_steps=14",
-            "callbacks.periodic.every_n_train_steps=2",
-        ],
-        run,
-    )
+    cfg = compose_cfg(interrupted(manifests, 2), run)
     disk = FillingDisk(free=10**12)
     monkeypatch.setattr(atomic, "open", disk.open, raising=False)
     datamodule, module, trainer = build(cfg)

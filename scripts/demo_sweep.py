@@ -27,14 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from w2v2_pretrain.events import read_scalars
+
 
 def curve(run: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    ea.Reload()
-    tags = ea.Tags()["scalars"]
-    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in tags if t.startswith("val/")}
+    return {t: v for t, v in read_scalars(run).items() if t.startswith("val/")}
 
 
 def run_recipe(name: str, overrides: list[str], out: Path) -> float | None:

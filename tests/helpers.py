@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from w2v2_pretrain.configs import register_configs
 
+from w2v2_pretrain.events import image_tags, read_scalars
 from w2v2_pretrain.paths import CONFIG_DIR, REPO_ROOT
 
 
@@ -126,13 +127,8 @@ def run_cli(*overrides: str, cwd: Path = REPO_ROOT, timeout: int = 600):
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
-    ea.Reload()
-    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
-    out["__images__"] = ea.Tags()["images"]
-    return out
+    """The run's scalars by tag, and its image tags under ``__images__``."""
+    return {**read_scalars(run_dir), "__images__": image_tags(run_dir)}
 
 
 FAST = [

@@ -5,7 +5,8 @@ and distractor indices, the same precision, AdamW, LayerDrop 0; their steps are 
 after a warm-up. Prints audio-seconds per second, ms per step split into forward / backward /
 optimizer, peak memory (RSS on CPU, max allocated on CUDA; each measured in a process of its
 own), FLOPs per audio-second (torch.utils.flop_counter), the achieved FLOP rate as a fraction
-of the matrix-multiply rate measured in the same run, and the data path (decode + crop +
+of the matrix-multiply rate measured in the same run and of the GPU's datasheet peak (MFU,
+w2v2_pretrain/hardware.py; ``--peak-flops`` for another device), and the data path (decode + crop +
 collate + mask planning) in audio-seconds per second per worker.
 
     python scripts/benchmark.py --preset base --batch 2 --seconds 5
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from w2v2_pretrain.hardware import peak_flops
 from w2v2_pretrain.interop.hf import to_hf_model
 from w2v2_pretrain.models import Wav2Vec2Model, preset
 from w2v2_pretrain.models.flops import step_flops
@@ -249,6 +251,12 @@ def main() -> None:
     p.add_argument("--no-transformers", action="store_true", help="time ours only")
     p.add_argument("--manifest", default="data/manifests/train.tsv", help="for the data path")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="the device's peak FLOP/s for MFU (default: the datasheet table for known GPUs)",
+    )
     p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_of:
@@ -277,12 +285,15 @@ def main() -> None:
             rates[name].append(matmul.sample())
     rate = matmul.rate
     flops = count_flops(runners["ours"], autocast)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = args.peak_flops or peak_flops(device_name, args.precision)
     results = {
         "preset": args.preset,
         "batch": args.batch,
         "seconds_per_utterance": args.seconds,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name,
+        "peak_flops_per_second": peak,
         "threads": torch.get_num_threads(),
         "precision": args.precision,
         "compile": args.compile,
@@ -308,6 +319,7 @@ def main() -> None:
             "timing_ms": asdict(timing),
             "audio_seconds_per_second": audio / (timing.step / 1e3),
             "fraction_of_matmul_rate": fraction,
+            "mfu": flops / (timing.step / 1e3) / peak if peak else None,
             "peak_memory_mib": peak_memory(name),
         }
     results["data_path_audio_seconds_per_second"] = data_path(args.manifest, args.seconds, 40)
@@ -325,15 +337,17 @@ def main() -> None:
         print(f"torch.compile + warm-up: {compile_seconds:.1f} s")
     print(
         "| implementation | audio-s/s | ms/step | forward | backward | optimizer | "
-        "of matmul rate | peak MiB |"
+        "of matmul rate | MFU | peak MiB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results["implementations"].items():
         t = r["timing_ms"]
         print(
             f"| {name} | {r['audio_seconds_per_second']:.1f} | {t['step']:.0f} | "
             f"{t['forward']:.0f} | {t['backward']:.0f} | {t['optimizer']:.0f} | "
-            f"{r['fraction_of_matmul_rate']:.0%} | {r['peak_memory_mib']:.0f} |"
+            f"{r['fraction_of_matmul_rate']:.0%} | "
+            f"{'-' if r['mfu'] is None else format(r['mfu'], '.1%')} | "
+            f"{r['peak_memory_mib']:.0f} |"
         )
     if "transformers" in results["implementations"]:
         # each of our steps against the transformers step run next to it

@@ -5,8 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAST, run_cli, scalars, small_manifests, write_tone
 from runs import RESUMABLE
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``cuda`` skip where torch sees no CUDA device (``pytest -m cuda`` selects
+    them: the GPU check runs that)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def test_fsdp_on_cpu_is_refused_in_one_line(tmp_path):
     assert "\n" not in line
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only")
+@pytest.mark.cuda
 def test_fsdp_run_through_the_cli(tmp_path):
     """Two updates of the demo on the GPUs there are, sharded, then a consolidated
     checkpoint that loads into the model as DDP's does."""

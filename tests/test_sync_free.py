@@ -120,7 +120,7 @@ def test_lightning_updates_make_no_syncing_op_between_logging_steps(tmp_path):
     assert found[4]  # a logging update does read its metrics: the detector sees it
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_forward_and_backward_under_sync_debug_mode_error():
     """The documented check: any synchronising call raises in this mode."""
     model, plan = model_and_plan("cuda")
@@ -135,6 +135,36 @@ def test_cuda_forward_and_backward_under_sync_debug_mode_error():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(out.loss.total)
+
+
+@pytest.mark.cuda
+def test_cuda_forward_and_backward_equal_the_cpu_ones():
+    """In fp32 the GPU computes what the CPU computes: the loss, and each parameter's gradient
+    to a relative error (in norm) of 1e-3 (eval mode: no dropout, no Gumbel noise; TF32 off)."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    found = {}
+    try:
+        for device in ("cpu", "cuda"):
+            torch.manual_seed(0)
+            model, plan = model_and_plan(device)
+            model.eval()
+            source = torch.randn(2, 24_000, generator=torch.Generator().manual_seed(1))
+            out = model(source.to(device), temperature=2.0, plan=plan)
+            (out.loss.total / out.loss.num_masked).backward()
+            grads = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
+            found[device] = (out.loss.total.detach().cpu(), grads)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    (cpu_loss, cpu_grads), (gpu_loss, gpu_grads) = found["cpu"], found["cuda"]
+    torch.testing.assert_close(gpu_loss, cpu_loss, rtol=1e-4, atol=1e-5)
+    assert cpu_grads.keys() == gpu_grads.keys() and cpu_grads
+    far = {
+        n: err
+        for n, g in cpu_grads.items()
+        if (err := float((gpu_grads[n] - g).norm() / g.norm().clamp_min(1e-12))) > 1e-3
+    }
+    assert far == {}, far
 
 
 def test_bf16_autocast_matches_fp32_on_cpu():

@@ -9,7 +9,7 @@ LOGDIR ?= outputs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint format tensorboard bench clean
+.PHONY: help install demo test test-full lint format tensorboard bench gpu-wheels gpu-check-dry clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ bench: install ## step speed against transformers (tiny, BASE); data set-up cost
 	$(BIN)/python scripts/benchmark.py --preset tiny --batch 2 --seconds 5 --steps 7
 	$(BIN)/python scripts/benchmark.py --preset base --batch 2 --seconds 5
 	$(BIN)/python scripts/benchmark_data.py
+
+gpu-wheels: install ## the Python 3.12 wheels the GPU machine lacks, into .whl/ (docs/gpu.md)
+	$(BIN)/python scripts/gpu_wheels.py --dest .whl
+
+gpu-check-dry: install ## the GPU check's every step on this CPU, tiny (docs/gpu.md; ~3 min)
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh --dry-run --out outputs/gpu_check_dry
 
 clean: ## remove the venv, run outputs and caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info

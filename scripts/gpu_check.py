@@ -41,11 +41,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # step -> (seconds on the GPU, seconds in the dry run on 2 CPU cores); 520 s in all on the GPU
 STEPS = {
-    "environment": (20, 60),
+    "environment": (15, 60),
     "cuda_tests": (100, 240),
-    "pretrain": (100, 300),
+    "pretrain": (90, 300),
     "speed": (200, 600),
-    "learning": (100, 300),
+    "learning": (115, 300),
 }
 # every section's fields beside status, seconds and errors (None where a value does not apply)
 FIELDS = {
@@ -217,6 +217,7 @@ def cuda_tests(s: Section) -> None:
 
     report = s.work / "cuda_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider", "-q"]
+    cmd += ["--continue-on-collection-errors"]  # a module that fails to import is one failure
     cmd += [f"--junitxml={report}", "-o", "junit_family=xunit1", str(REPO / "tests")]
     s["command"] = " ".join(cmd[1:])
     if s.run("pytest -m cuda", cmd) is None or not report.is_file():

@@ -20,8 +20,16 @@ if [[ $dry == 0 ]]; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if ! "$PYTHON" -c "import w2v2_pretrain.configs" 2>/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
-      || { echo "error: the project does not install with --no-deps (see above)" >&2; exit 2; }
+    # an editable install (the console scripts too); where the machine's setuptools cannot
+    # build this pyproject.toml, the source tree itself, configs/ linked in as the package
+    # w2v2_pretrain.configs (which is what pyproject.toml's package-dir maps)
+    if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e .; then
+      echo "gpu_check: pip install -e . failed; running from the source tree" >&2
+      ln -sfn ../configs w2v2_pretrain/configs
+      export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    "$PYTHON" -c "import w2v2_pretrain.configs" \
+      || { echo "error: w2v2_pretrain does not import on this machine (see above)" >&2; exit 2; }
   fi
 fi
 exec "$PYTHON" scripts/gpu_check.py "$@"
